@@ -1,0 +1,307 @@
+"""The ``pathwarden`` command.
+
+Every sub-command takes ``--config`` (or ``PATHWARDEN_CONFIG``; default
+``./pathwarden.yaml``). Output meant for pipelines goes to stdout (a token, a
+table); progress and errors go to stderr with a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .. import __version__
+from ..config import ConfigError, GatewayConfig, format_duration, load_config, parse_duration
+from ..store import Store, StoreError, open_store, store_url_for
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="pathwarden", no_args_is_help=True, add_completion=False,
+    help="An access gateway in the data path: short-lived identities, per-statement "
+         "policy and an audit trail for CI/CD pipelines.",
+)
+token_app = typer.Typer(no_args_is_help=True, help="Issue, list and revoke gateway tokens.")
+sessions_app = typer.Typer(no_args_is_help=True, help="Inspect recorded sessions.")
+config_app = typer.Typer(no_args_is_help=True, help="Validate configuration files.")
+app.add_typer(token_app, name="token")
+app.add_typer(sessions_app, name="sessions")
+app.add_typer(config_app, name="config")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False)
+
+ConfigOpt = Annotated[
+    Path,
+    typer.Option("--config", "-c", envvar="PATHWARDEN_CONFIG",
+                 help="Gateway configuration file.", show_default=True),
+]
+DEFAULT_CONFIG = Path("pathwarden.yaml")
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", markup=True)
+    return typer.Exit(code)
+
+
+def _load(path: Path) -> GatewayConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise _fail(str(exc), 2) from None
+
+
+def _with_store(config: GatewayConfig, fn: Callable[[Store], Awaitable[T]]) -> T:
+    async def go() -> T:
+        store = await open_store(store_url_for(config))
+        try:
+            return await fn(store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(go())
+    except StoreError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
+) -> None:
+    if version:
+        out.print(f"pathwarden {__version__}")
+        raise typer.Exit()
+
+
+@app.command()
+def serve(config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Run the gateway until SIGINT/SIGTERM."""
+    from ..proxy.gateway import serve as run_gateway
+
+    cfg = _load(config)
+    _setup_logging(cfg.log_level)
+    try:
+        run_gateway(cfg)
+    except StoreError as exc:
+        raise _fail(str(exc)) from None
+    except OSError as exc:
+        raise _fail(f"cannot start the gateway: {exc}") from None
+
+
+@config_app.command("check")
+def config_check(config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Validate a configuration file and summarise it."""
+    cfg = _load(config)
+    out.print(f"{config}: OK: {len(cfg.listeners)} listener(s), "
+              f"{len(cfg.connections)} connection(s), {len(cfg.identities)} identities")
+
+
+# -- tokens --------------------------------------------------------------------
+
+
+@token_app.command("issue")
+def token_issue(
+    identity: Annotated[str, typer.Argument(help="Identity (service account) to issue for.")],
+    ttl: Annotated[str | None, typer.Option(help="Lifetime, e.g. 15m, 1h (capped).")] = None,
+    connection: Annotated[list[str] | None, typer.Option(
+        "--connection", help="Scope the token to this connection (repeatable).")] = None,
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """Mint a short-lived token; prints the token alone on stdout."""
+    from ..identity import AuthError, Authenticator, IssueError, TokenAuthority
+
+    cfg = _load(config)
+    try:
+        lifetime = parse_duration(ttl) if ttl else None
+    except ValueError as exc:
+        raise _fail(f"--ttl: {exc}", 2) from None
+    Path(cfg.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+    authority = TokenAuthority.load_or_create(Path(cfg.data_dir))
+
+    async def go(store: Store) -> object:
+        auth = Authenticator(cfg, authority, store)
+        return await auth.issue_token(identity, lifetime, tuple(connection) if connection else None)
+
+    try:
+        issued = _with_store(cfg, go)
+    except (AuthError, IssueError) as exc:
+        raise _fail(str(exc)) from None
+    from ..identity import IssuedToken
+
+    assert isinstance(issued, IssuedToken)
+    scope = ", ".join(issued.connections) if issued.connections else "any allowed connection"
+    err.print(f"token {issued.token_ref} for {issued.identity}, expires "
+              f"{issued.expires_at:%Y-%m-%d %H:%M:%S}Z, scope: {scope}")
+    # The token alone on stdout, so `TOKEN=$(pathwarden token issue ...)` works.
+    sys.stdout.write(issued.token + "\n")
+
+
+@token_app.command("list")
+def token_list(
+    identity: Annotated[str | None, typer.Option(help="Only this identity.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Include expired tokens.")] = False,
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """List issued tokens (metadata only; tokens themselves are never stored)."""
+    cfg = _load(config)
+    tokens = _with_store(cfg, lambda s: s.list_tokens(identity, include_expired=all_))
+    now = datetime.now(UTC)
+    table = Table("ref", "identity", "issued", "expires", "scope", "state")
+    for t in tokens:
+        state = ("revoked" if t.revoked else "expired" if t.expired(now) else
+                 f"valid {format_duration(t.expires_at - now)}")
+        table.add_row(t.token_ref, t.identity, f"{t.issued_at:%Y-%m-%d %H:%M}",
+                      f"{t.expires_at:%Y-%m-%d %H:%M}",
+                      ", ".join(t.connections) if t.connections else "*", state)
+    out.print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    ref: Annotated[str, typer.Argument(help="Token ref (or a unique prefix of 6+ chars).")],
+    reason: Annotated[str | None, typer.Option(help="Why, for the audit trail.")] = None,
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """Revoke a token: new connections with it are refused at once."""
+    cfg = _load(config)
+    rec = _with_store(cfg, lambda s: s.revoke_token(ref, reason))
+    assert rec.revoked_at is not None
+    out.print(f"revoked token {rec.token_ref} of {rec.identity} "
+              f"(at {rec.revoked_at:%Y-%m-%d %H:%M:%S}Z)")
+
+
+# -- sessions ------------------------------------------------------------------
+
+
+def _since(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return datetime.now(UTC) - parse_duration(value)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise _fail(f"--since: expected a duration (1h, 2d) or an ISO date, got {value!r}",
+                    2) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@sessions_app.command("list")
+def sessions_list(
+    identity: Annotated[str | None, typer.Option(help="Only this identity.")] = None,
+    connection: Annotated[str | None, typer.Option(help="Only this connection.")] = None,
+    since: Annotated[str | None, typer.Option(help="Only newer: 1h, 2d or an ISO date.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many.")] = 50,
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """Who connected, when, to what, and how it ended."""
+    cfg = _load(config)
+
+    async def go(store: Store) -> tuple[list[object], dict[str, int]]:
+        rows = await store.list_sessions(identity=identity, connection=connection,
+                                         since=_since(since), limit=limit)
+        counts = await store.statement_counts([r.id for r in rows])
+        return list(rows), counts
+
+    rows, counts = _with_store(cfg, go)
+    table = Table("session", "identity", "connection", "client", "started", "duration",
+                  "stmts", "in/out bytes", "end")
+    from ..model import SessionRecord
+
+    for r in rows:
+        assert isinstance(r, SessionRecord)
+        dur = format_duration(r.ended_at - r.started_at) if r.ended_at else "active"
+        table.add_row(r.id, r.identity, r.connection, r.client_addr,
+                      f"{r.started_at:%Y-%m-%d %H:%M:%S}", dur, str(counts.get(r.id, 0)),
+                      f"{r.bytes_from_client}/{r.bytes_to_client}", r.end_reason or "")
+    out.print(table)
+
+
+@sessions_app.command("show")
+def sessions_show(
+    session_id: Annotated[str, typer.Argument(help="Session id (or a unique prefix).")],
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """Each statement of a session: decision, outcome, rows, duration."""
+    cfg = _load(config)
+
+    async def go(store: Store) -> tuple[object, list[object]]:
+        rec = await store.get_session(session_id)
+        if rec is None:
+            return None, []
+        return rec, list(await store.list_statements(rec.id))
+
+    rec, statements = _with_store(cfg, go)
+    if rec is None:
+        raise _fail(f"no session {session_id!r}; list them with: pathwarden sessions list")
+    from ..model import SessionRecord, StatementRecord
+
+    assert isinstance(rec, SessionRecord)
+    ended = f"{rec.ended_at:%Y-%m-%d %H:%M:%S}" if rec.ended_at else "(active)"
+    out.print(f"session {rec.id}  identity {rec.identity}  connection {rec.connection}  "
+              f"client {rec.client_addr}")
+    out.print(f"  started {rec.started_at:%Y-%m-%d %H:%M:%S}  ended {ended}  "
+              f"end reason: {rec.end_reason or '-'}  token {rec.token_ref or '-'}")
+    if rec.claims:
+        out.print("  claims: " + ", ".join(f"{k}={v}" for k, v in rec.claims.items()))
+    table = Table("seq", "kind", "statement", "decision", "result", "rows", "ms")
+    for st in statements:
+        assert isinstance(st, StatementRecord)
+        text = st.text if len(st.text) <= 200 else st.text[:200] + "..."
+        if st.params:
+            text += "\n  params: " + ", ".join("NULL" if p is None else p for p in st.params)
+        result = f"ERROR: {st.error}" if st.error else (st.command_tag or "")
+        table.add_row(str(st.seq), st.kind, text, st.verdict.value, result,
+                      "" if st.rows is None else str(st.rows),
+                      "" if st.duration_ms is None else f"{st.duration_ms:.2f}")
+    out.print(table)
+
+
+@app.command()
+def demo(
+    keep_running: Annotated[bool, typer.Option(
+        "--keep-running", help="Leave the gateway up after the demo query.")] = False,
+    workdir: Annotated[Path, typer.Option(help="Where the demo keeps its data.")] = Path(
+        "demo-data"),
+) -> None:
+    """Run the whole path on embedded defaults: a PostgreSQL server, the gateway, a
+    token, a query through the gateway, and the recorded session."""
+    from .demo import run_demo
+
+    try:
+        code = run_demo(workdir.resolve(), keep_running=keep_running)
+    except RuntimeError as exc:
+        raise _fail(str(exc)) from None
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    """Entry point of the ``pathwarden`` console script."""
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,248 @@
+"""The configuration schema: one YAML file, validated into frozen pydantic models.
+
+Every model forbids unknown keys, so a misspelt setting is an error with a
+line number (see :mod:`pathwarden.config.loader`) instead of a silently
+ignored default. Relative paths are resolved against the config file's
+directory when the loader passes ``context={"config_dir": ...}``; models built
+directly in code keep relative paths as given.
+
+Cross-references (an identity naming a connection) are checked on the root
+model; such errors carry ``ctx["at"]``, the location of the offending value
+below the root, so the loader can point at the exact line.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from pathwarden.config.durations import Duration, format_duration
+from pathwarden.config.secrets import Secret
+
+__all__ = [
+    "AuditSettings",
+    "ConnectionConfig",
+    "GatewayConfig",
+    "IdentityConfig",
+    "ListenerConfig",
+    "ListenerTls",
+    "PostgresConnection",
+    "StoreConfig",
+    "TokenSettings",
+    "split_host_port",
+]
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+
+
+def _check_name(value: str) -> str:
+    if not _NAME.fullmatch(value):
+        raise PydanticCustomError(
+            "name",
+            "invalid name '{name}': use 1-63 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit",
+            {"name": value},
+        )
+    return value
+
+
+def _resolve_path(value: Path, info: ValidationInfo) -> Path:
+    value = value.expanduser()
+    base = info.context.get("config_dir") if isinstance(info.context, dict) else None
+    if isinstance(base, Path) and not value.is_absolute():
+        return base / value
+    return value
+
+
+#: A name used as a YAML key and on the wire (dbname / user): at most 63 characters
+#: because PostgreSQL truncates identifiers there.
+Name = Annotated[str, AfterValidator(_check_name)]
+#: A filesystem path, relative ones resolved against the config file's directory.
+ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
+# strict: YAML already yields ints, and `true` silently becoming 1 hides a mistake.
+Port = Annotated[int, Field(ge=1, le=65535, strict=True)]
+
+
+def split_host_port(bind: str) -> tuple[str, int]:
+    """Split ``host:port`` / ``[v6]:port`` into its parts; ``ValueError`` says what is wrong."""
+    host, sep, port_text = bind.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"expected host:port, e.g. 127.0.0.1:15432 or [::1]:15432, got {bind!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} in {bind!r} is not an IPv6 address") from None
+    elif ":" in host:
+        raise ValueError(f"IPv6 addresses must be bracketed, e.g. [{host}]:{port_text}")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"port in {bind!r} must be a number from 0 to 65535")
+    return host, int(port_text)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ListenerTls(_Model):
+    """A certificate and key in PEM files for a listener."""
+
+    cert_file: ConfigPath
+    key_file: ConfigPath
+
+
+class ListenerConfig(_Model):
+    """One socket the gateway accepts clients on."""
+
+    name: Name
+    protocol: Literal["postgres"]
+    bind: str = "127.0.0.1:15432"
+    # None: a self-signed certificate generated in data_dir.
+    tls: ListenerTls | None = None
+    require_tls: bool = True
+    # Lets CI jobs on the gateway's own host use `sslmode=disable`; the token then
+    # crosses only the loopback interface.
+    allow_plaintext_loopback: bool = False
+
+    @field_validator("bind")
+    @classmethod
+    def _check_bind(cls, value: str) -> str:
+        try:
+            split_host_port(value)
+        except ValueError as exc:
+            raise PydanticCustomError("bind", "{detail}", {"detail": str(exc)}) from None
+        return value
+
+    @property
+    def host(self) -> str:
+        """The address to bind, without IPv6 brackets."""
+        return split_host_port(self.bind)[0]
+
+    @property
+    def port(self) -> int:
+        return split_host_port(self.bind)[1]
+
+
+class PostgresConnection(_Model):
+    """An upstream PostgreSQL database clients reach by using its name as ``dbname``."""
+
+    protocol: Literal["postgres"] = "postgres"
+    host: Annotated[str, Field(min_length=1)]
+    port: Port = 5432
+    database: Annotated[str, Field(min_length=1)]
+    user: Annotated[str, Field(min_length=1)]
+    password: Secret | None = None
+    sslmode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
+    sslrootcert: ConfigPath | None = None
+    connect_timeout: Duration = timedelta(seconds=10)
+    # Until policies exist this is the only switch that lets statements through.
+    allow_all: bool = False
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+#: Every kind of connection; a discriminated union once more protocols exist.
+ConnectionConfig = PostgresConnection
+
+
+class IdentityConfig(_Model):
+    """A principal tokens can be issued to (typically one pipeline stage)."""
+
+    groups: list[str] = Field(default_factory=list)
+    labels: dict[str, str] = Field(default_factory=dict)
+    max_token_ttl: Duration = timedelta(hours=1)
+    # None: any connection; otherwise the only connections its tokens may use.
+    connections: list[str] | None = None
+
+
+class TokenSettings(_Model):
+    default_ttl: Duration = timedelta(minutes=15)
+    max_ttl: Duration = timedelta(hours=24)  # cap for every identity
+
+
+class StoreConfig(_Model):
+    # None: SQLite at <data_dir>/pathwarden.db. A Secret because a PostgreSQL
+    # URL usually carries a password.
+    url: Secret | None = None
+
+
+class AuditSettings(_Model):
+    flush_interval: Duration = timedelta(milliseconds=200)
+    max_batch: Annotated[int, Field(ge=1, strict=True)] = 500
+
+
+def _default_listeners() -> list[ListenerConfig]:
+    return [ListenerConfig(name="postgres", protocol="postgres")]
+
+
+class GatewayConfig(_Model):
+    """The whole configuration file."""
+
+    data_dir: ConfigPath = Field(default=Path(".pathwarden"), validate_default=True)
+    listeners: Annotated[list[ListenerConfig], Field(min_length=1)] = Field(
+        default_factory=_default_listeners
+    )
+    connections: dict[Name, ConnectionConfig] = Field(default_factory=dict)
+    identities: dict[Name, IdentityConfig] = Field(default_factory=dict)
+    tokens: TokenSettings = Field(default_factory=TokenSettings)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="after")
+    def _check_references(self) -> GatewayConfig:
+        names: dict[str, int] = {}
+        binds: dict[tuple[str, int], int] = {}
+        for index, listener in enumerate(self.listeners):
+            if listener.name in names:
+                _fail(
+                    ("listeners", index, "name"),
+                    f"duplicate listener name {listener.name!r} "
+                    f"(also listeners[{names[listener.name]}])",
+                )
+            names[listener.name] = index
+            address = (listener.host, listener.port)
+            if address in binds and listener.port != 0:
+                _fail(
+                    ("listeners", index, "bind"),
+                    f"listeners[{binds[address]}] already binds {listener.bind}",
+                )
+            binds[address] = index
+        for identity_name, identity in self.identities.items():
+            for index, connection in enumerate(identity.connections or ()):
+                if connection not in self.connections:
+                    _fail(
+                        ("identities", identity_name, "connections", index),
+                        f"unknown connection {connection!r}; "
+                        f"defined connections: {_names(self.connections)}",
+                    )
+        if self.tokens.default_ttl > self.tokens.max_ttl:
+            _fail(
+                ("tokens", "default_ttl"),
+                f"default_ttl {format_duration(self.tokens.default_ttl)} exceeds "
+                f"max_ttl {format_duration(self.tokens.max_ttl)}",
+            )
+        return self
+
+
+def _names(mapping: dict[str, Any]) -> str:
+    return ", ".join(sorted(mapping)) or "(none)"
+
+
+def _fail(at: tuple[str | int, ...], detail: str) -> None:
+    # "at" lets the loader point at the offending value rather than the file's top.
+    raise PydanticCustomError("reference", "{detail}", {"detail": detail, "at": at})

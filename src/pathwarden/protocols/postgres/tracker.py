@@ -1,0 +1,171 @@
+"""Matches backend responses to the client requests that caused them.
+
+Theory of operation: the server answers frontend messages strictly in order
+(protocol documentation, "Extended Query" and "Pipelining"). Every request the
+gateway forwards is pushed as a :class:`Unit` onto a FIFO; each backend message
+is attributed to the unit at the head, and a unit ends on the message that the
+protocol defines as its last answer (ReadyForQuery for Query, Sync and
+FunctionCall; ParseComplete for Parse; CommandComplete, EmptyQueryResponse or
+PortalSuspended for Execute ...). After an ErrorResponse in the extended
+protocol the server discards messages until Sync, so the tracker drops the
+units queued before the next Sync and reports them as skipped.
+
+The tracker is pure bookkeeping: the proxy attaches a :class:`Tracked` value to
+units that stand for statements and is told when each one completes, with its
+command tag, row count and error. That is what the audit records and what lets
+the proxy recognise the server's answer to a statement it substituted.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import messages as m
+
+
+class Unit(enum.Enum):
+    QUERY = "query"
+    PARSE = "parse"
+    BIND = "bind"
+    DESCRIBE = "describe"
+    EXECUTE = "execute"
+    CLOSE = "close"
+    SYNC = "sync"
+    FUNCTION = "function"
+
+
+# Units that end with ReadyForQuery; all others end earlier and are extended-protocol.
+_ENDS_AT_READY = frozenset({Unit.QUERY, Unit.SYNC, Unit.FUNCTION})
+
+
+@dataclass(slots=True, eq=False)
+class Tracked:
+    """One statement (or other request) awaiting its outcome."""
+
+    seq: int
+    kind: str
+    text: str
+    params: tuple[str | None, ...] = ()
+    # Set when the gateway substituted the request; the server's error for it is
+    # replaced by this ErrorResponse.
+    denial: m.ErrorResponse | None = None
+    tag: str | None = None
+    rows: int = 0
+    # DataRows seen since the last CommandComplete of this request.
+    pending_rows: int = 0
+    error: str | None = None
+    error_code: str | None = None
+    skipped: bool = False
+    # Opaque data owned by the proxy (timings, the Operation ...).
+    context: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ResponseTracker:
+    """FIFO of forwarded requests awaiting backend answers."""
+
+    __slots__ = ("_pending", "in_copy")
+
+    def __init__(self) -> None:
+        self._pending: deque[tuple[Unit, Tracked | None]] = deque()
+        self.in_copy = False
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def expect(self, unit: Unit, tracked: Tracked | None = None) -> None:
+        """Register a forwarded request whose answer comes later."""
+        self._pending.append((unit, tracked))
+
+    def head(self) -> Tracked | None:
+        """The statement the next backend message belongs to, if any."""
+        if not self._pending:
+            return None
+        return self._pending[0][1]
+
+    def on_backend(self, msg: m.Message) -> list[Tracked]:
+        """Attribute one backend message; return the statements it completed."""
+        if not self._pending:
+            return []
+        unit, tracked = self._pending[0]
+        cls = type(msg)
+        if cls is m.DataRow:
+            if tracked is not None:
+                tracked.pending_rows += 1
+            return []
+        if cls is m.ErrorResponse:
+            return self._on_error(unit, tracked, msg)  # type: ignore[arg-type]
+        if cls is m.ReadyForQuery:
+            self.in_copy = False
+            done: list[Tracked] = []
+            # Anything still queued before the unit that ends here was skipped.
+            while self._pending:
+                u, t = self._pending.popleft()
+                if u in _ENDS_AT_READY:
+                    if t is not None:
+                        done.append(t)
+                    break
+                if t is not None:
+                    t.skipped = True
+                    done.append(t)
+            return done
+        if cls is m.CommandComplete:
+            if tracked is not None:
+                tracked.tag = msg.tag  # type: ignore[attr-defined]
+                n = msg.rows  # type: ignore[attr-defined]
+                # The tag's count is authoritative (INSERT ... RETURNING sends rows too).
+                tracked.rows += tracked.pending_rows if n is None else n
+                tracked.pending_rows = 0
+            self.in_copy = False
+            if unit is Unit.EXECUTE:
+                return self._pop()
+            return []
+        if cls in (m.CopyInResponse, m.CopyOutResponse, m.CopyBothResponse):
+            self.in_copy = True
+            return []
+        if unit is Unit.EXECUTE:
+            if cls is m.EmptyQueryResponse or cls is m.PortalSuspended:
+                if tracked is not None and cls is m.PortalSuspended:
+                    tracked.tag = "(suspended)"
+                    tracked.rows += tracked.pending_rows
+                    tracked.pending_rows = 0
+                return self._pop()
+            return []
+        if unit is Unit.PARSE and cls is m.ParseComplete:
+            return self._pop()
+        if unit is Unit.BIND and cls is m.BindComplete:
+            return self._pop()
+        if unit is Unit.CLOSE and cls is m.CloseComplete:
+            return self._pop()
+        if unit is Unit.DESCRIBE and (cls is m.RowDescription or cls is m.NoData):
+            return self._pop()
+        return []
+
+    def _pop(self) -> list[Tracked]:
+        _, tracked = self._pending.popleft()
+        return [tracked] if tracked is not None else []
+
+    def _on_error(self, unit: Unit, tracked: Tracked | None, err: m.ErrorResponse) -> list[Tracked]:
+        self.in_copy = False
+        if tracked is not None:
+            tracked.rows += tracked.pending_rows
+            tracked.pending_rows = 0
+        if tracked is not None and tracked.error is None:
+            tracked.error = err.message
+            tracked.error_code = err.code
+        if unit in _ENDS_AT_READY:
+            return []  # the unit still ends at ReadyForQuery
+        # Extended protocol: the server skips to the next Sync.
+        done: list[Tracked] = []
+        self._pending.popleft()
+        if tracked is not None:
+            done.append(tracked)
+        while self._pending and self._pending[0][0] is not Unit.SYNC:
+            _, t = self._pending.popleft()
+            if t is not None:
+                t.skipped = True
+                done.append(t)
+        return done

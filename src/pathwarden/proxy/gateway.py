@@ -1,0 +1,178 @@
+"""The gateway process: wires configuration, identity, store, audit and listeners.
+
+:class:`Gateway` owns everything that outlives one session: the upstream
+targets built from the configuration, the hook pipeline, the audit writer, the
+table of live sessions and the cancel keys handed to clients. :func:`serve`
+runs it until SIGINT/SIGTERM, then ends every session with a FATAL
+``admin_shutdown`` error, flushes the audit trail and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import signal
+from collections.abc import Mapping
+from pathlib import Path
+
+from ..audit.writer import AuditWriter
+from ..config import GatewayConfig, PostgresConnection
+from ..identity import AuthError, Authenticator, TokenAuthority
+from ..model import Identity
+from ..policy.allow_all import ConnectionAllowAll
+from ..store import Store, open_store, store_url_for
+from .pg_listener import PostgresListener
+from .pg_session import PgSession
+from .pg_upstream import UpstreamTarget
+from .pipeline import PassThroughClassifier, Pipeline
+from .tls import ensure_self_signed, server_context, upstream_context
+
+log = logging.getLogger(__name__)
+
+
+def build_target(name: str, conn: PostgresConnection) -> UpstreamTarget:
+    """The upstream dialing parameters of one configured connection."""
+    password = conn.password
+
+    def reveal() -> str | None:
+        return password.reveal() if password is not None else None
+
+    return UpstreamTarget(
+        name=name, host=conn.host, port=conn.port, database=conn.database, user=conn.user,
+        password=reveal, sslmode=conn.sslmode,
+        ssl_context=upstream_context(conn.sslmode, conn.sslrootcert),
+        connect_timeout=conn.connect_timeout.total_seconds(),
+    )
+
+
+class Gateway:
+    """Shared state of one running gateway."""
+
+    auth_errors: tuple[type[Exception], ...] = (AuthError,)
+
+    def __init__(self, config: GatewayConfig, store: Store, authority: TokenAuthority) -> None:
+        self.config = config
+        self.store = store
+        self.authenticator = Authenticator(config, authority, store)
+        self.audit = AuditWriter(
+            store,
+            flush_interval=config.audit.flush_interval.total_seconds(),
+            max_batch=config.audit.max_batch,
+        )
+        self.pipeline = Pipeline(
+            PassThroughClassifier(),
+            ConnectionAllowAll({n: c.allow_all for n, c in config.connections.items()}),
+            self.audit,
+        )
+        self.targets = {n: build_target(n, c) for n, c in config.connections.items()}
+        self.listeners: list[PostgresListener] = []
+        self.sessions: set[PgSession] = set()
+        self._cancel_keys: dict[tuple[int, bytes], PgSession] = {}
+        self._keys_of: dict[PgSession, tuple[int, bytes]] = {}
+
+    async def start(self) -> None:
+        self.audit.start()
+        data_dir = self.config.data_dir
+        for lc in self.config.listeners:
+            if lc.tls is not None:
+                ctx = server_context(lc.tls.cert_file, lc.tls.key_file)
+            else:
+                cert, key = ensure_self_signed(data_dir)
+                ctx = server_context(cert, key)
+            if not lc.require_tls:
+                log.warning("listener %s: require_tls is false; tokens may cross the network "
+                            "in plaintext", lc.name)
+            listener = PostgresListener(self, lc, ctx)
+            await listener.start()
+            self.listeners.append(listener)
+
+    async def stop(self) -> None:
+        for listener in self.listeners:
+            await listener.stop()
+        for session in list(self.sessions):
+            session.shutdown("pathwarden: the gateway is shutting down; reconnect to continue")
+        await self.audit.close()
+
+    # -- hooks used by listeners and sessions --------------------------------------
+
+    async def authenticate(self, *, user: str, token: str, connection: str) -> Identity:
+        return await self.authenticator.authenticate(user=user, token=token,
+                                                     connection=connection)
+
+    def connection_labels(self, name: str) -> Mapping[str, str]:
+        conn = self.config.connections.get(name)
+        return dict(conn.labels) if conn is not None else {}
+
+    def new_cancel_key(self) -> tuple[int, bytes]:
+        while True:
+            key = (secrets.randbelow(2**31 - 1) + 1, secrets.token_bytes(4))
+            if key not in self._cancel_keys:
+                return key
+
+    def session_started(self, session: PgSession, key: tuple[int, bytes]) -> None:
+        self.sessions.add(session)
+        self._cancel_keys[key] = session
+        self._keys_of[session] = key
+
+    def session_ended(self, session: PgSession) -> None:
+        self.sessions.discard(session)
+        key = self._keys_of.pop(session, None)
+        if key is not None:
+            self._cancel_keys.pop(key, None)
+
+    async def cancel(self, process_id: int, secret_key: bytes) -> None:
+        session = self._cancel_keys.get((process_id, secret_key))
+        if session is None:
+            log.info("cancel request with an unknown key ignored")
+            return
+        log.info("session %s: cancel requested by client", session.record.id)
+        try:
+            await session.cancel()
+        except Exception as exc:
+            log.warning("session %s: cancel could not reach upstream: %s",
+                        session.record.id, exc)
+
+
+async def open_gateway(config: GatewayConfig) -> Gateway:
+    """Create the data directory, open the store and the token key, build a Gateway."""
+    data_dir = Path(config.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    store = await open_store(store_url_for(config))
+    authority = TokenAuthority.load_or_create(data_dir)
+    return Gateway(config, store, authority)
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def run(config: GatewayConfig, ready: asyncio.Event | None = None) -> None:
+    """Serve until SIGINT or SIGTERM."""
+    gateway = await open_gateway(config)
+    try:
+        await gateway.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        addresses = ", ".join(listener.address for listener in gateway.listeners)
+        log.info("pathwarden ready: %d connection(s), listening on %s",
+                 len(gateway.targets), addresses)
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+        log.info("shutting down: ending %d session(s)", len(gateway.sessions))
+        await gateway.stop()
+    finally:
+        await gateway.store.close()
+
+
+def serve(config: GatewayConfig) -> None:
+    """Run the gateway in this process (blocking)."""
+    _install_uvloop()
+    asyncio.run(run(config))

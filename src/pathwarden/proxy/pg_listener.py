@@ -1,0 +1,297 @@
+"""The PostgreSQL listener: accept, negotiate TLS, authenticate the token, dial upstream.
+
+Theory of operation: each accepted connection runs one handshake coroutine
+(:meth:`PostgresListener._handshake`) that reads untyped startup packets:
+
+- SSLRequest: answer 'S' and upgrade to TLS in place (bytes pipelined after
+  the request are refused, CVE-2021-23214);
+- GSSENCRequest: answer 'N' (the client falls back to TLS or plaintext);
+- CancelRequest: look up the gateway-issued key and cancel the session's
+  running upstream query;
+- StartupMessage: ask for a cleartext password (only inside TLS, or on a
+  loopback plaintext listener that allows it), verify the pathwarden token,
+  map the database name to a configured connection, log in upstream with the
+  connection's credentials, then hand both legs to a :class:`PgSession`.
+
+Clients get pathwarden's own BackendKeyData, so an upstream cancel key never
+leaves the gateway. Every failure becomes a FATAL ErrorResponse with a message
+that says what to do, and an audit session record with its end reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import secrets
+import socket
+import ssl
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from ..model import ConnectionRef, Protocol, SessionRecord
+from ..protocols.postgres import messages as m
+from ..protocols.postgres.connection import NEED_DATA, ServerConnection
+from ..protocols.postgres.errors import ProtocolError
+from .pg_session import PgSession
+from .pg_upstream import UpstreamError, connect_upstream
+from .stream import Leg, LegClosed
+
+if TYPE_CHECKING:
+    from ..config import ListenerConfig
+    from .gateway import Gateway
+
+log = logging.getLogger(__name__)
+
+HANDSHAKE_TIMEOUT = 60.0
+
+# Startup parameters a client may pass through to the server. Others (notably
+# `options`, `role`, `session_authorization`, `replication`) could change the
+# upstream identity or protocol, so they are refused with a clear error.
+FORWARDED_STARTUP_PARAMS = frozenset({
+    "application_name", "client_encoding", "DateStyle", "datestyle", "TimeZone", "timezone",
+    "extra_float_digits", "IntervalStyle", "intervalstyle", "search_path",
+    "statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout",
+    "default_transaction_isolation", "default_transaction_read_only", "bytea_output",
+    "geqo", "work_mem", "jit", "standard_conforming_strings",
+})
+
+
+class _Refused(Exception):
+    """The handshake ends with a FATAL error to the client."""
+
+    def __init__(self, sqlstate: str, message: str, hint: str | None = None,
+                 reason: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.message = message
+        self.hint = hint
+        self.reason = reason or message
+
+
+def _is_loopback(peer: object) -> bool:
+    if isinstance(peer, tuple) and peer:
+        try:
+            return ipaddress.ip_address(str(peer[0]).split("%")[0]).is_loopback
+        except ValueError:
+            return False
+    return False
+
+
+class PostgresListener:
+    """Accepts PostgreSQL clients on one configured address."""
+
+    def __init__(self, gateway: Gateway, config: ListenerConfig,
+                 tls_context: ssl.SSLContext | None) -> None:
+        self.gateway = gateway
+        self.config = config
+        self.tls_context = tls_context
+        self.server: asyncio.AbstractServer | None = None
+        self._handshakes: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(
+            self._accept, self.config.host, self.config.port, backlog=1024,
+        )
+        log.info("listener %s: PostgreSQL on %s (TLS %s)", self.config.name, self.address,
+                 "required" if self._tls_required_everywhere else "optional on loopback")
+
+    @property
+    def _tls_required_everywhere(self) -> bool:
+        return self.config.require_tls and not self.config.allow_plaintext_loopback
+
+    @property
+    def address(self) -> str:
+        if self.server is not None and self.server.sockets:
+            host, port = self.server.sockets[0].getsockname()[:2]
+            return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return self.config.bind
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for task in list(self._handshakes):
+            task.cancel()
+        if self._handshakes:
+            await asyncio.gather(*self._handshakes, return_exceptions=True)
+
+    def _accept(self) -> Leg:
+        leg = Leg()
+        task = asyncio.get_running_loop().create_task(self._run_handshake(leg))
+        self._handshakes.add(task)
+        task.add_done_callback(self._handshakes.discard)
+        return leg
+
+    async def _run_handshake(self, leg: Leg) -> None:
+        await asyncio.sleep(0)  # let connection_made run
+        sock = leg.transport.get_extra_info("socket") if leg.transport else None
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        try:
+            await asyncio.wait_for(self._handshake(leg), timeout=HANDSHAKE_TIMEOUT)
+        except TimeoutError:
+            log.warning("client %s: handshake timed out", leg.peer())
+            leg.abort()
+        except LegClosed:
+            leg.abort()
+        except Exception:
+            log.exception("client %s: handshake failed", leg.peer())
+            leg.abort()
+
+    async def _read(self, leg: Leg, front: ServerConnection) -> m.Message | m.StartupPacket:
+        while True:
+            ev = front.next_event()
+            if ev is not NEED_DATA:
+                assert isinstance(ev, m.Message | m.StartupPacket)
+                return ev
+            front.receive_data(await leg.read_some())
+
+    async def _handshake(self, leg: Leg) -> None:
+        front = ServerConnection()
+        peer = leg.transport.get_extra_info("peername") if leg.transport else None
+        while True:
+            try:
+                pkt = await self._read(leg, front)
+            except ProtocolError as exc:
+                leg.write(m.ErrorResponse.build(exc.sqlstate, f"pathwarden: {exc.message}",
+                                                severity="FATAL").encode())
+                leg.close()
+                return
+            if isinstance(pkt, m.SSLRequest):
+                if leg.is_tls() or self.tls_context is None:
+                    leg.write(b"N")
+                    continue
+                if front.buffered or leg.buffered:
+                    log.warning("client %s: data pipelined after SSLRequest; refused", leg.peer())
+                    leg.abort()
+                    return
+                leg.write(b"S")
+                try:
+                    await leg.start_tls(self.tls_context, server_side=True)
+                except (ssl.SSLError, OSError, TimeoutError) as exc:
+                    log.info("client %s: TLS handshake failed: %s", leg.peer(), exc)
+                    leg.abort()
+                    return
+                continue
+            if isinstance(pkt, m.GSSENCRequest):
+                leg.write(b"N")
+                continue
+            if isinstance(pkt, m.CancelRequest):
+                leg.close()
+                await self.gateway.cancel(pkt.process_id, pkt.secret_key)
+                return
+            assert isinstance(pkt, m.StartupMessage)
+            await self._startup(leg, front, pkt, peer)
+            return
+
+    async def _startup(self, leg: Leg, front: ServerConnection, startup: m.StartupMessage,
+                       peer: object) -> None:
+        gw = self.gateway
+        user = startup.params.get("user", "")
+        dbname = startup.params.get("database") or user
+        record = SessionRecord(
+            id=secrets.token_hex(8), protocol=Protocol.POSTGRES, identity=user,
+            token_ref=None, client_addr=leg.peer(), connection=dbname,
+            started_at=datetime.now(UTC),
+        )
+        try:
+            await self._establish(leg, front, startup, record, peer, dbname)
+        except _Refused as refused:
+            leg.write(m.ErrorResponse.build(refused.sqlstate, refused.message,
+                                            severity="FATAL", hint=refused.hint).encode())
+            leg.close()
+            record.ended_at = datetime.now(UTC)
+            record.end_reason = refused.reason
+            gw.audit.session_ended(record)
+            log.info("client %s refused: user=%s connection=%s: %s", record.client_addr, user,
+                     dbname, refused.reason)
+
+    async def _establish(self, leg: Leg, front: ServerConnection, startup: m.StartupMessage,
+                         record: SessionRecord, peer: object, dbname: str) -> None:
+        gw = self.gateway
+        user = record.identity
+        if startup.params.get("replication", "false").lower() not in ("false", "0", "off", "no"):
+            raise _Refused("08P01", "pathwarden: replication connections are not supported",
+                           reason="replication connection refused")
+        plaintext_ok = (not self.config.require_tls) or (
+            self.config.allow_plaintext_loopback and _is_loopback(peer))
+        if not leg.is_tls() and not plaintext_ok:
+            raise _Refused(
+                "28000", "pathwarden: TLS is required to send a token",
+                hint="connect with sslmode=require (the gateway refuses tokens in plaintext)",
+                reason="plaintext connection refused")
+        forwarded: dict[str, str] = {}
+        for key, value in startup.params.items():
+            if key in ("user", "database"):
+                continue
+            if key.startswith("_pq_."):
+                continue  # protocol extensions: answered by NegotiateProtocolVersion below
+            if key not in FORWARDED_STARTUP_PARAMS:
+                raise _Refused(
+                    "08P01", f"pathwarden: startup parameter {key!r} is not allowed",
+                    hint="remove it from the connection string; set session settings with "
+                         "SET after connecting", reason=f"startup parameter {key} refused")
+            forwarded[key] = value
+        # Ask for the token as a cleartext password (inside TLS or on loopback).
+        leg.write(front.send(m.Authentication(code=m.AUTH_CLEARTEXT)))
+        msg = await self._read(leg, front)
+        if isinstance(msg, m.Terminate):
+            raise LegClosed("client left during authentication")
+        assert isinstance(msg, m.PasswordMessage)
+        try:
+            token = msg.password()
+        except ProtocolError as exc:
+            raise _Refused("08P01", f"pathwarden: {exc.message}") from None
+        try:
+            identity = await gw.authenticate(user=user, token=token, connection=dbname)
+        except gw.auth_errors as exc:
+            raise _Refused("28P01", f"pathwarden: authentication failed for user {user}: {exc}",
+                           reason=f"authentication failed: {exc}") from None
+        del token
+        record.token_ref = identity.token_ref
+        record.claims = identity.claims
+        target = gw.targets.get(dbname)
+        if target is None:  # authenticate() already refuses unknown connections
+            raise _Refused("3D000", f"pathwarden: no connection named {dbname}")
+        try:
+            upstream = await connect_upstream(target, forwarded)
+        except UpstreamError as exc:
+            raise _Refused(exc.sqlstate, f"pathwarden: {exc.message}", hint=exc.hint,
+                           reason=f"upstream: {exc.message}") from None
+        gw.audit.session_started(record)
+        # Tell the client what the server told us, with the gateway's own cancel key.
+        out = [front.send(m.Authentication(code=m.AUTH_OK))]
+        if startup.protocol_version != m.PROTOCOL_3_0 or any(
+                k.startswith("_pq_.") for k in startup.params):
+            unrecognized = tuple(k for k in startup.params if k.startswith("_pq_."))
+            out.append(front.send(m.NegotiateProtocolVersion(newest_minor=0,
+                                                             unrecognized=unrecognized)))
+        for name, value in upstream.parameters.items():
+            out.append(front.send(m.ParameterStatus(name=name, value=value)))
+        for notice in upstream.notices:
+            out.append(front.send(notice))
+        pid, key = gw.new_cancel_key()
+        out.append(front.send(m.BackendKeyData(process_id=pid, secret_key=key)))
+        out.append(front.send(m.ReadyForQuery(status="I")))
+        session = PgSession(
+            record=record, identity=identity,
+            connection=ConnectionRef(dbname, Protocol.POSTGRES, gw.connection_labels(dbname)),
+            client=leg, front=front, upstream=upstream.leg, back=upstream.conn,
+            target=target, upstream_key=upstream.key, pipeline=gw.pipeline,
+            on_end=gw.session_ended,
+        )
+        session.server_parameters.update(upstream.parameters)
+        gw.session_started(session, (pid, key))
+        log.info("session %s started: identity=%s connection=%s client=%s tls=%s", record.id,
+                 identity.name, dbname, record.client_addr, leg.is_tls())
+        leg.write(b"".join(out))
+        session.start(leg.take_buffer(), upstream.leftover)

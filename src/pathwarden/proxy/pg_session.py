@@ -1,0 +1,458 @@
+"""The relay of one established PostgreSQL session.
+
+Theory of operation: the client leg's bytes go through a
+:class:`ServerConnection` (so only messages that parsed are ever forwarded);
+each statement-bearing message (Query, Parse, FunctionCall) becomes an
+:class:`Operation` and is decided by the :class:`Pipeline`. Allowed messages
+are forwarded as the exact bytes the client sent. A denied one is replaced by
+a message the server is certain to reject without side effects (a syntax
+error, or a call of function OID 0), so the server fails it and enters the
+same state the client expects after an error (transaction aborted, extended
+protocol skipping to Sync); the server's error for it is then rewritten into
+pathwarden's SQLSTATE 42501 message. A decision that is not immediately
+available (an approval) holds the session: reading from the client stops,
+later messages wait in the frame buffer in order, and everything resumes when
+the decision arrives.
+
+Server bytes go through a :class:`ClientConnection` and a
+:class:`ResponseTracker`, which attributes rows, command tags and errors to
+the statements in flight; completed statements become audit records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from ..model import (
+    ConnectionRef,
+    Decision,
+    Identity,
+    Operation,
+    Protocol,
+    SessionRecord,
+    StatementRecord,
+    Verdict,
+)
+from ..protocols.postgres import messages as m
+from ..protocols.postgres.connection import NEED_DATA, ClientConnection, ServerConnection
+from ..protocols.postgres.errors import ProtocolError
+from ..protocols.postgres.tracker import ResponseTracker, Tracked, Unit
+from .pg_upstream import UpstreamTarget, send_cancel
+from .pipeline import Pipeline
+from .stream import Leg
+
+log = logging.getLogger(__name__)
+
+INSUFFICIENT_PRIVILEGE = "42501"
+# A statement the server rejects in its parser, before touching anything.
+_DENIED_SQL = "pathwarden_denied"
+_MAX_AUDIT_PARAM = 1024
+_MAX_AUDIT_TEXT = 64 * 1024
+
+
+@dataclass(slots=True)
+class _Prepared:
+    text: str
+    op: Operation
+    decision: Decision
+
+
+def _render_param(value: bytes | None, fmt: int) -> str | None:
+    if value is None:
+        return None
+    if fmt == 0:
+        text = value[:_MAX_AUDIT_PARAM].decode("utf-8", "replace")
+    else:
+        text = "\\x" + value[: _MAX_AUDIT_PARAM // 2].hex()
+    if len(value) > _MAX_AUDIT_PARAM:
+        text += f"... ({len(value)} bytes)"
+    return text
+
+
+class PgSession:
+    """Relays one authenticated client to its upstream server."""
+
+    def __init__(
+        self,
+        *,
+        record: SessionRecord,
+        identity: Identity,
+        connection: ConnectionRef,
+        client: Leg,
+        front: ServerConnection,
+        upstream: Leg,
+        back: ClientConnection,
+        target: UpstreamTarget,
+        upstream_key: m.BackendKeyData | None,
+        pipeline: Pipeline,
+        on_end: Callable[[PgSession], None],
+    ) -> None:
+        self.record = record
+        self.identity = identity
+        self.connection = connection
+        self.client = client
+        self.front = front
+        self.upstream = upstream
+        self.back = back
+        self.target = target
+        self.upstream_key = upstream_key
+        self.pipeline = pipeline
+        self.audit = pipeline.audit
+        self._on_end = on_end
+        self.tracker = ResponseTracker()
+        self._seq = 0
+        self._statements: dict[str, _Prepared] = {}
+        self._portals: dict[str, tuple[str, tuple[str | None, ...]]] = {}
+        self._holding = False
+        self._client_write_paused = False
+        self._ended = False
+        self._hold_task: asyncio.Task[None] | None = None
+        self.server_parameters: dict[str, str] = {}
+        self.closed = asyncio.get_running_loop().create_future()
+
+    # -- wiring ---------------------------------------------------------------
+
+    def start(self, client_leftover: bytes, upstream_leftover: bytes) -> None:
+        """Switch both legs to the relay callbacks."""
+        self.client.on_data = self.on_client_data
+        self.client.on_lost = self._client_lost
+        self.client.on_pause = self._client_write_full
+        self.client.on_resume = self._client_write_ok
+        self.upstream.on_data = self.on_server_data
+        self.upstream.on_lost = self._upstream_lost
+        self.upstream.on_pause = self._upstream_write_full
+        self.upstream.on_resume = self._upstream_write_ok
+        if self.client.is_closed:
+            self._client_lost(None)
+            return
+        if self.upstream.is_closed:
+            self._upstream_lost(None)
+            return
+        if client_leftover or self.front.buffered:
+            self.on_client_data(client_leftover)
+        if upstream_leftover:
+            self.on_server_data(upstream_leftover)
+        elif self.back.buffered:
+            self.on_server_data(b"")
+
+    # -- flow control -----------------------------------------------------------
+
+    def _client_write_full(self) -> None:
+        t = self.upstream.transport
+        if t is not None:
+            t.pause_reading()
+
+    def _client_write_ok(self) -> None:
+        t = self.upstream.transport
+        if t is not None and not t.is_closing():
+            t.resume_reading()
+
+    def _upstream_write_full(self) -> None:
+        self._client_write_paused = True
+        self._update_client_reading()
+
+    def _upstream_write_ok(self) -> None:
+        self._client_write_paused = False
+        self._update_client_reading()
+
+    def _update_client_reading(self) -> None:
+        t = self.client.transport
+        if t is None or t.is_closing():
+            return
+        if self._holding or self._client_write_paused:
+            t.pause_reading()
+        else:
+            t.resume_reading()
+
+    # -- client -> server -------------------------------------------------------
+
+    def on_client_data(self, data: bytes) -> None:
+        self.record.bytes_from_client += len(data)
+        self.front.receive_data(data)
+        if not self._holding:
+            self._drain_client()
+
+    def _drain_client(self) -> None:
+        out: list[bytes] = []
+        front = self.front
+        try:
+            while not self._holding:
+                ev = front.next_event()
+                if ev is NEED_DATA:
+                    break
+                self._handle_client(ev, out)  # type: ignore[arg-type]
+        except ProtocolError as exc:
+            if out:
+                self.upstream.write(b"".join(out))
+            self._client_protocol_error(exc)
+            return
+        if out:
+            self.upstream.write(b"".join(out))
+
+    def _handle_client(self, ev: m.Message, out: list[bytes]) -> None:
+        cls = type(ev)
+        if cls is m.Query:
+            self._statement(ev, "query", ev.text, out)  # type: ignore[attr-defined]
+        elif cls is m.Parse:
+            self._statement(ev, "parse", ev.query, out)  # type: ignore[attr-defined]
+        elif cls is m.Bind:
+            self._bind(ev, out)  # type: ignore[arg-type]
+        elif cls is m.Execute:
+            self._execute(ev, out)  # type: ignore[arg-type]
+        elif cls is m.Sync:
+            out.append(ev.raw)
+            self.tracker.expect(Unit.SYNC)
+        elif cls is m.Describe:
+            out.append(ev.raw)
+            self.tracker.expect(Unit.DESCRIBE)
+        elif cls is m.Close:
+            self._close(ev, out)  # type: ignore[arg-type]
+        elif cls is m.FunctionCall:
+            oid = ev.function_oid  # type: ignore[attr-defined]
+            self._statement(ev, "function_call", f"<function call oid {oid}>", out)
+        elif cls is m.Terminate:
+            out.append(ev.raw)
+            self.upstream.write(b"".join(out))
+            out.clear()
+            self.end("client terminated")
+        else:  # CopyData, CopyDone, CopyFail, Flush: no response of their own
+            out.append(ev.raw)
+
+    def _statement(self, ev: m.Message, kind: str, text: str, out: list[bytes]) -> None:
+        self._seq += 1
+        op = Operation(
+            session_id=self.record.id, seq=self._seq, identity=self.identity,
+            connection=self.connection, protocol=Protocol.POSTGRES, kind=kind, text=text,
+        )
+        op, result = self.pipeline.decide(op)
+        if isinstance(result, Decision):
+            self._apply(ev, op, result, out)
+            return
+        # Hold: flush what precedes, stop reading, resume when decided.
+        if out:
+            self.upstream.write(b"".join(out))
+            out.clear()
+        self._holding = True
+        self._update_client_reading()
+        self._hold_task = asyncio.get_running_loop().create_task(self._await(ev, op, result))
+
+    async def _await(self, ev: m.Message, op: Operation, pending: Awaitable[Decision]) -> None:
+        try:
+            decision = await pending
+        except asyncio.CancelledError:
+            return
+        if self._ended:
+            return
+        out: list[bytes] = []
+        self._apply(ev, op, decision, out)
+        if out:
+            self.upstream.write(b"".join(out))
+        self._holding = False
+        self._hold_task = None
+        self._update_client_reading()
+        self._drain_client()
+
+    def _apply(self, ev: m.Message, op: Operation, decision: Decision, out: list[bytes]) -> None:
+        tracked = Tracked(op.seq, op.kind, op.text,
+                          context=(time.monotonic(), datetime.now(UTC), op, decision))
+        cls = type(ev)
+        allowed = decision.verdict is Verdict.ALLOW
+        if not allowed:
+            tracked.denial = self._denial(op, decision)
+        if cls is m.Query:
+            out.append(ev.raw if allowed else m.Query(text=_DENIED_SQL).encode())
+            self.tracker.expect(Unit.QUERY, tracked)
+        elif cls is m.Parse:
+            assert isinstance(ev, m.Parse)
+            tracked.extra["name"] = ev.name
+            tracked.extra["previous"] = self._statements.get(ev.name)
+            self._statements[ev.name] = _Prepared(ev.query, op, decision)
+            out.append(ev.raw if allowed else m.Parse(name=ev.name, query=_DENIED_SQL).encode())
+            self.tracker.expect(Unit.PARSE, tracked)
+        else:  # FunctionCall
+            out.append(ev.raw if allowed else m.FunctionCall(function_oid=0).encode())
+            self.tracker.expect(Unit.FUNCTION, tracked)
+
+    def _denial(self, op: Operation, decision: Decision) -> m.ErrorResponse:
+        what = {"query": "statement", "parse": "statement",
+                "function_call": "function call"}.get(op.kind, op.kind)
+        by = f" (policy {decision.policy})" if decision.policy else ""
+        message = (f"pathwarden: {what} denied for identity {self.identity.name} on "
+                   f"connection {self.connection.name}{by}: {decision.reason}")
+        return m.ErrorResponse.build(
+            INSUFFICIENT_PRIVILEGE, message,
+            detail=f"statement: {op.text[:500]}",
+            hint="the statement was not executed; the denial is in the audit trail "
+                 f"(session {self.record.id}, seq {op.seq})",
+        )
+
+    def _bind(self, ev: m.Bind, out: list[bytes]) -> None:
+        params = tuple(_render_param(v, ev.param_format(i)) for i, v in enumerate(ev.params))
+        self._portals[ev.portal] = (ev.statement, params)
+        out.append(ev.raw)
+        self.tracker.expect(Unit.BIND)
+
+    def _execute(self, ev: m.Execute, out: list[bytes]) -> None:
+        out.append(ev.raw)
+        portal = self._portals.get(ev.portal)
+        prepared = self._statements.get(portal[0]) if portal else None
+        if prepared is None or not prepared.decision.allowed:
+            # Unknown portal or a denied statement: the server rejects or skips it.
+            self.tracker.expect(Unit.EXECUTE)
+            return
+        self._seq += 1
+        params = portal[1] if portal else ()
+        tracked = Tracked(self._seq, "execute", prepared.text, params,
+                          context=(time.monotonic(), datetime.now(UTC), prepared.op,
+                                   prepared.decision))
+        self.tracker.expect(Unit.EXECUTE, tracked)
+
+    def _close(self, ev: m.Close, out: list[bytes]) -> None:
+        if ev.kind == "S":
+            self._statements.pop(ev.name, None)
+        else:
+            self._portals.pop(ev.name, None)
+        out.append(ev.raw)
+        self.tracker.expect(Unit.CLOSE)
+
+    # -- server -> client ---------------------------------------------------------
+
+    def on_server_data(self, data: bytes) -> None:
+        back = self.back
+        if data:
+            back.receive_data(data)
+        tracker = self.tracker
+        out: list[bytes] = []
+        try:
+            while True:
+                ev = back.next_event()
+                if ev is NEED_DATA:
+                    break
+                assert isinstance(ev, m.Message)
+                cls = type(ev)
+                if cls is m.DataRow:
+                    tracker.on_backend(ev)
+                    out.append(ev.raw)
+                    continue
+                if cls is m.ErrorResponse:
+                    head = tracker.head()
+                    if head is not None and head.denial is not None:
+                        ev = head.denial
+                elif cls is m.ParameterStatus:
+                    assert isinstance(ev, m.ParameterStatus)
+                    self.server_parameters[ev.name] = ev.value
+                out.append(m.frame_of(ev))
+                for t in tracker.on_backend(ev):
+                    self._completed(t)
+        except ProtocolError as exc:
+            log.error("session %s: invalid data from upstream %s: %s", self.record.id,
+                      self.target.address, exc.message)
+            self._send_client(out)
+            self._fatal(exc.sqlstate, f"pathwarden: invalid response from connection "
+                        f"{self.connection.name}: {exc.message}")
+            self.end(f"upstream protocol error: {exc.message}")
+            return
+        self._send_client(out)
+
+    def _send_client(self, out: list[bytes]) -> None:
+        if out:
+            data = b"".join(out)
+            self.record.bytes_to_client += len(data)
+            self.client.write(data)
+
+    def _completed(self, t: Tracked) -> None:
+        start, started_at, op, decision = t.context
+        if t.kind == "parse":
+            name = t.extra.get("name", "")
+            if t.denial is None and t.error is None and not t.skipped:
+                return  # a successful Parse is recorded when it is executed
+            # The server does not have this statement: restore what it does have.
+            prev = t.extra.get("previous")
+            if name == "" or prev is None:
+                self._statements.pop(name, None)
+            else:
+                self._statements[name] = prev
+        if t.denial is not None:
+            error: str | None = t.denial.message
+            verdict = decision.verdict
+        else:
+            error = t.error
+            if t.skipped and error is None:
+                error = "not executed: an earlier message in the pipeline failed"
+            verdict = decision.verdict
+        text = t.text if len(t.text) <= _MAX_AUDIT_TEXT else t.text[:_MAX_AUDIT_TEXT] + "..."
+        self.audit.statement(StatementRecord(
+            session_id=self.record.id, seq=t.seq, kind=t.kind, text=text, params=t.params,
+            verdict=verdict, reason=decision.reason, started_at=started_at,
+            duration_ms=round((time.monotonic() - start) * 1000, 3),
+            command_tag=t.tag, rows=None if t.denial is not None else t.rows, error=error,
+            policy=decision.policy, action=op.action,
+        ))
+
+    # -- ending -----------------------------------------------------------------------
+
+    def _fatal(self, code: str, message: str) -> None:
+        err = m.ErrorResponse.build(code, message, severity="FATAL")
+        self.client.write(err.encode())
+
+    def _client_protocol_error(self, exc: ProtocolError) -> None:
+        log.warning("session %s: protocol error from client %s: %s", self.record.id,
+                    self.record.client_addr, exc.message)
+        self._fatal(exc.sqlstate, f"pathwarden: {exc.message}")
+        self.end(f"client protocol error: {exc.message}")
+
+    def _client_lost(self, exc: BaseException | None) -> None:
+        if not self._ended:
+            reason = "client disconnected" if exc is None else f"client connection lost: {exc}"
+            self.end(reason)
+
+    def _upstream_lost(self, exc: BaseException | None) -> None:
+        if not self._ended:
+            self._fatal("57P01" if exc is None else "08006",
+                        f"pathwarden: connection {self.connection.name} to the server was lost"
+                        " (the server closed it or terminated the session)")
+            self.end("upstream disconnected" if exc is None else f"upstream lost: {exc}")
+
+    def end(self, reason: str) -> None:
+        """Close both legs and write the session's final record (idempotent)."""
+        if self._ended:
+            return
+        self._ended = True
+        if self._hold_task is not None:
+            self._hold_task.cancel()
+        # Statements still in flight end with the session.
+        pending = self.tracker
+        while len(pending):
+            for t in pending.on_backend(m.ReadyForQuery(status="I")):
+                if t.error is None:
+                    t.error = f"session ended before the statement completed ({reason})"
+                self._completed(t)
+        self.client.on_data = None
+        self.upstream.on_data = None
+        self.upstream.close()
+        self.client.close()
+        self.record.ended_at = datetime.now(UTC)
+        self.record.end_reason = reason
+        self.audit.session_ended(self.record)
+        log.info("session %s ended: identity=%s connection=%s reason=%s", self.record.id,
+                 self.identity.name, self.connection.name, reason)
+        if not self.closed.done():
+            self.closed.set_result(None)
+        self._on_end(self)
+
+    def shutdown(self, message: str) -> None:
+        """End the session because the gateway is stopping."""
+        if not self._ended:
+            self._fatal("57P01", message)
+            self.end("gateway shutdown")
+
+    async def cancel(self) -> None:
+        """Forward a client's CancelRequest to the upstream server."""
+        if self.upstream_key is None:
+            return
+        await send_cancel(self.target, self.upstream_key)

@@ -1,0 +1,132 @@
+"""The store's interface: what the rest of pathwarden may ask of persistence.
+
+:class:`Store` is a :class:`typing.Protocol` so tests and future backends can
+stand in for :class:`~pathwarden.store.sql.SqlStore`. Every method raises
+:class:`StoreError` (never a driver exception) and never puts a password from
+the store URL into a message.
+
+Timestamps go in and come out timezone-aware (UTC). Session and statement
+records are the shared :mod:`pathwarden.model` values; tokens have their own
+:class:`TokenRecord` because only the gateway's token machinery uses them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import MappingProxyType
+from typing import Protocol
+
+from pathwarden.model import SessionRecord, StatementRecord
+
+__all__ = [
+    "MIN_PREFIX",
+    "AmbiguousPrefix",
+    "NotFound",
+    "Store",
+    "StoreError",
+    "TokenRecord",
+]
+
+#: Shortest id prefix accepted where a unique prefix may stand for an id.
+MIN_PREFIX = 6
+
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+class StoreError(Exception):
+    """Persistence failed; the message says which store and why (no credentials)."""
+
+
+class NotFound(StoreError):
+    """No row matches the given id or prefix."""
+
+
+class AmbiguousPrefix(StoreError):
+    """An id prefix matches more than one row."""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """What the store keeps about an issued token: metadata only, never the token."""
+
+    token_ref: str
+    identity: str
+    issued_at: datetime
+    expires_at: datetime
+    connections: tuple[str, ...] | None = None  # None: unscoped
+    claims: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    revoked_at: datetime | None = None
+    revoked_reason: str | None = None
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    def expired(self, now: datetime) -> bool:
+        return now >= self.expires_at
+
+
+class Store(Protocol):
+    """Persistent state shared by gateway replicas: tokens, sessions, statements."""
+
+    async def close(self) -> None:
+        """Release connections; the store cannot be used afterwards."""
+
+    # -- tokens ---------------------------------------------------------------
+
+    async def record_token(self, rec: TokenRecord) -> None:
+        """Remember an issued token (its metadata)."""
+
+    async def token_status(self, token_ref: str) -> TokenRecord | None:
+        """The record for exactly ``token_ref``, or None if it was never recorded."""
+
+    async def list_tokens(
+        self, identity: str | None = None, include_expired: bool = False
+    ) -> list[TokenRecord]:
+        """Tokens newest first, optionally for one identity; revoked ones included."""
+
+    async def revoke_token(self, ref_prefix: str, reason: str | None) -> TokenRecord:
+        """Revoke the token whose ref starts with ``ref_prefix`` (>= 6 chars).
+
+        Raises :class:`NotFound` or :class:`AmbiguousPrefix`. Revoking a revoked
+        token changes nothing and returns it with its original ``revoked_at``.
+        """
+
+    # -- sessions and statements ---------------------------------------------
+
+    async def upsert_sessions(self, records: Sequence[SessionRecord]) -> None:
+        """Insert new sessions and overwrite existing ones (same id), in one transaction.
+
+        The last record for an id wins, both within a batch and across calls.
+        """
+
+    async def insert_statements(self, records: Sequence[StatementRecord]) -> None:
+        """Insert statements in one transaction; their sessions must already be stored.
+
+        Idempotent: a (session_id, seq) already stored is skipped, so a batch
+        may be replayed after a crash.
+        """
+
+    async def list_sessions(
+        self,
+        *,
+        identity: str | None = None,
+        connection: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+    ) -> list[SessionRecord]:
+        """Sessions newest first (by ``started_at``), filtered; see :meth:`statement_counts`."""
+
+    async def statement_counts(self, session_ids: Sequence[str]) -> dict[str, int]:
+        """Number of stored statements per session id (ids without any map to 0)."""
+
+    async def get_session(self, id_or_prefix: str) -> SessionRecord | None:
+        """The session with this id, or the only one whose id starts with it (>= 6 chars).
+
+        Returns None when nothing matches; raises :class:`AmbiguousPrefix`.
+        """
+
+    async def list_statements(self, session_id: str) -> list[StatementRecord]:
+        """A session's statements in ``seq`` order."""

@@ -1,0 +1,133 @@
+"""Table definitions used by the queries in :mod:`pathwarden.store.sql`.
+
+The schema itself is created and evolved only by the Alembic migrations in
+``migrations/versions``; these definitions must describe the head revision.
+``tests/test_store.py`` checks that they agree with the migrated database.
+
+Timestamps use :class:`UtcDateTime`: ``timestamptz`` on PostgreSQL, and on
+SQLite fixed-width ISO-8601 text in UTC, so that text order is time order and
+range filters work on the indexed column.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+__all__ = ["UtcDateTime", "metadata", "sessions", "statements", "tokens"]
+
+_SQLITE_FORMAT = "%Y-%m-%dT%H:%M:%S.%f+00:00"
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware datetimes in, aware UTC datetimes out, on every backend."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(String(32))
+        return dialect.type_descriptor(DateTime(timezone=True))
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            # A naive value would be read back as UTC whatever it meant; refuse it.
+            raise ValueError(f"naive datetime {value.isoformat()} given to the store")
+        value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return value.strftime(_SQLITE_FORMAT)
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        if not isinstance(value, datetime):
+            raise TypeError(f"unexpected timestamp value of type {type(value).__name__}")
+        moment: datetime = value
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return moment.astimezone(UTC)
+
+
+metadata = MetaData()
+
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("token_ref", String(16), primary_key=True),
+    Column("identity", String(63), nullable=False),
+    Column("issued_at", UtcDateTime(), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False),
+    Column("connections", JSON(), nullable=True),
+    Column("claims", JSON(), nullable=False),
+    Column("revoked_at", UtcDateTime(), nullable=True),
+    Column("revoked_reason", Text(), nullable=True),
+    Index("ix_tokens_identity", "identity"),
+)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("protocol", String(16), nullable=False),
+    Column("identity", String(63), nullable=False),
+    Column("token_ref", String(16), nullable=True),
+    Column("client_addr", String(255), nullable=False),
+    Column("connection", String(63), nullable=False),
+    Column("started_at", UtcDateTime(), nullable=False),
+    Column("ended_at", UtcDateTime(), nullable=True),
+    Column("bytes_from_client", BigInteger(), nullable=False),
+    Column("bytes_to_client", BigInteger(), nullable=False),
+    Column("end_reason", Text(), nullable=True),
+    Column("claims", JSON(), nullable=False),
+    Index("ix_sessions_started_at", "started_at"),
+    Index("ix_sessions_identity", "identity"),
+    Index("ix_sessions_connection", "connection"),
+)
+
+statements = Table(
+    "statements",
+    metadata,
+    Column(
+        "session_id",
+        String(64),
+        ForeignKey("sessions.id", ondelete="CASCADE", name="fk_statements_session_id"),
+        primary_key=True,
+    ),
+    Column("seq", Integer(), primary_key=True),
+    Column("kind", String(32), nullable=False),
+    Column("text", Text(), nullable=False),
+    Column("params", JSON(), nullable=False),
+    Column("verdict", String(16), nullable=False),
+    Column("reason", Text(), nullable=False),
+    Column("policy", String(255), nullable=True),
+    Column("action", String(32), nullable=False),
+    Column("started_at", UtcDateTime(), nullable=False),
+    Column("duration_ms", Float(), nullable=True),
+    Column("command_tag", String(255), nullable=True),
+    Column("rows", BigInteger(), nullable=True),
+    Column("error", Text(), nullable=True),
+    Index("ix_statements_started_at", "started_at"),
+)
