@@ -38,7 +38,8 @@ app.add_typer(token_app, name="token")
 app.add_typer(sessions_app, name="sessions")
 app.add_typer(config_app, name="config")
 
-out = Console(highlight=False, soft_wrap=True)
+# Pipelines read this output from logs: don't squeeze tables into 80 columns there.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, highlight=False)
 
 ConfigOpt = Annotated[

@@ -94,7 +94,7 @@ def parse_config(
         problems = [_format_error(source, root, error) for error in exc.errors(include_url=False)]
         raise ConfigError("\n".join(problems), problems=problems) from None
     for loc, secret in _secrets(config, ()):
-        mark, path = _locate(root, loc, missing=False)
+        mark, path = _locate(root, loc, keep_unresolved=True)
         secret.bind_location(f"{source}:{mark[0]}:{mark[1]}: {path}")
     return config
 
@@ -139,9 +139,13 @@ def _check_duplicate_keys(node: Node, source: str) -> None:
 
 
 def _locate(
-    root: Node | None, loc: Sequence[str | int], *, missing: bool, at_key: bool = False
+    root: Node | None, loc: Sequence[str | int], *, keep_unresolved: bool, at_key: bool = False
 ) -> tuple[tuple[int, int], str]:
-    """Map a pydantic ``loc`` to ((line, column), dotted path), both 1-based."""
+    """Map a pydantic ``loc`` to ((line, column), dotted path), both 1-based.
+
+    ``keep_unresolved`` keeps loc elements absent from the YAML in the path: they
+    are real field names for a missing field or a defaulted value.
+    """
     if root is None:
         return (1, 1), ".".join(str(part) for part in loc)
     node: Node = root
@@ -165,8 +169,8 @@ def _locate(
             node = child
             path += f"[{part}]" if isinstance(part, int) else f".{part}"
             mark = key_node.start_mark if (last and at_key and key_node) else child.start_mark
-        elif last and missing:
-            path += f".{part}"
+        elif keep_unresolved:
+            path += f"[{part}]" if isinstance(part, int) else f".{part}"
         # Anything else is a pydantic-internal label, not a YAML location.
     return (mark.line + 1, mark.column + 1), path.lstrip(".") or "(top level)"
 
@@ -174,11 +178,15 @@ def _locate(
 def _format_error(source: str, root: Node | None, error: Mapping[str, Any]) -> str:
     loc: tuple[str | int, ...] = tuple(error["loc"])
     ctx = error.get("ctx") or {}
-    if isinstance(ctx.get("at"), tuple):
-        loc = loc + ctx["at"]
+    at = ctx.get("at")
+    if isinstance(at, tuple):
+        loc = loc + at
     kind = error["type"]
     (line, column), path = _locate(
-        root, loc, missing=kind == "missing", at_key=kind == "extra_forbidden"
+        root,
+        loc,
+        keep_unresolved=kind == "missing" or isinstance(at, tuple),
+        at_key=kind == "extra_forbidden",
     )
     message = str(error["msg"]).removeprefix("Value error, ")
     # "..., unable to parse string as an integer" restates what "(got 'abc')" shows.

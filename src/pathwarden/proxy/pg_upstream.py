@@ -54,7 +54,13 @@ class UpstreamTarget:
 
     @property
     def address(self) -> str:
+        if self.host.startswith("/"):
+            return self.socket_path
         return f"{self.host}:{self.port}"
+
+    @property
+    def socket_path(self) -> str:
+        return f"{self.host.rstrip('/')}/.s.PGSQL.{self.port}"
 
 
 @dataclass
@@ -72,6 +78,16 @@ class Upstream:
 async def _dial(target: UpstreamTarget) -> Leg:
     loop = asyncio.get_running_loop()
     try:
+        if target.host.startswith("/"):
+            # A directory: the server's Unix-domain socket, as libpq understands host.
+            if target.sslmode in ("require", "verify-ca", "verify-full"):
+                raise UpstreamError(f"connection {target.name}: sslmode {target.sslmode} "
+                                    "cannot be used over a Unix-domain socket")
+            _, leg = await asyncio.wait_for(
+                loop.create_unix_connection(Leg, target.socket_path),
+                timeout=target.connect_timeout,
+            )
+            return leg
         _, leg = await asyncio.wait_for(
             loop.create_connection(Leg, target.host, target.port),
             timeout=target.connect_timeout,

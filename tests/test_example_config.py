@@ -1,0 +1,32 @@
+"""The shipped example configuration stays valid and means what its comments say."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+from pathwarden.config import load_config
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "pathwarden.yaml"
+
+
+def test_example_config_loads_with_a_stage_per_identity() -> None:
+    config = load_config(EXAMPLE)
+    assert set(config.identities) == {"ci-build", "ci-test", "ci-scan", "ci-deploy"}
+    assert config.connections["app-db"].allow_all is True
+    assert config.identities["ci-test"].connections == ["app-db"]
+    assert config.identities["ci-deploy"].max_token_ttl == timedelta(minutes=15)
+    listener = config.listeners[0]
+    assert (listener.host, listener.port) == ("127.0.0.1", 15432)
+    assert listener.require_tls and listener.allow_plaintext_loopback
+
+
+def test_config_check_command_accepts_the_example() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "pathwarden.cli.main", "config", "check", "--config",
+         str(EXAMPLE)], capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "4 identities" in proc.stdout
