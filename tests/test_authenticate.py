@@ -32,7 +32,14 @@ tokens: {default_ttl: 15m, max_ttl: 2h}
 """
 
 
-def run(tmp_path: Path, body: Callable[[Authenticator, SqlStore], Awaitable[T]]) -> T:
+@dataclass
+class Env:
+    auth: Authenticator
+    authority: TokenAuthority
+    store: SqlStore
+
+
+def run(tmp_path: Path, body: Callable[[Env], Awaitable[T]]) -> T:
     """Run ``body`` against a fresh SQLite store and a fresh signing key."""
     config: GatewayConfig = parse_config(CONFIG)
     authority = TokenAuthority.from_private_key(Ed25519PrivateKey.generate())
@@ -40,16 +47,14 @@ def run(tmp_path: Path, body: Callable[[Authenticator, SqlStore], Awaitable[T]])
     async def main() -> T:
         store = await open_store(f"sqlite:///{tmp_path / 'pw.db'}")
         try:
-            return await body(Authenticator(config, authority, store), store)
+            return await body(Env(Authenticator(config, authority, store), authority, store))
         finally:
-            await env.store.close()
+            await store.close()
 
     return asyncio.run(main())
 
 
-def refused(
-    tmp_path: Path, body: Callable[[Authenticator, SqlStore], Awaitable[object]]
-) -> AuthError:
+def refused(tmp_path: Path, body: Callable[[Env], Awaitable[object]]) -> AuthError:
     with pytest.raises(AuthError) as info:
         run(tmp_path, body)
     return info.value

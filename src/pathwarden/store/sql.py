@@ -198,10 +198,10 @@ class SqlStore:
     async def migrate(self) -> None:
         """Bring the schema to the newest revision (idempotent; done by open_store)."""
         with self._errors("migrating the schema", opening=True):
-            async with self._writer.begin() as conn:
+            async with self._engine.begin() as conn:
                 if not self._target.is_sqlite:
                     await conn.execute(
-                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
+                        text("SELECT :key"), {"key": _MIGRATION_LOCK_KEY}
                     )
                 await conn.run_sync(_upgrade_to_head)
 

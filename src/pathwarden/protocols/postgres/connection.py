@@ -103,15 +103,32 @@ TRANSITIONS: dict[tuple[Phase, type[m.Message] | type[m.StartupPacket]], Phase] 
 class _Framer:
     """Shared buffering: splits a byte stream into typed frames."""
 
-    def __init__(self, max_message_size: int) -> None:
+    _PHASES: dict[Phase, frozenset[type[m.Message]]] = {}
+    _TABLE: dict[int, type[m.Message]] = {}
+
+    def __init__(self, max_message_size: int, phase: Phase) -> None:
         self._buf = bytearray()
         self._pos = 0
         self.max_message_size = max_message_size
-        self.phase = Phase.STARTUP
         self._error: RemoteProtocolError | None = None
+        self.phase = phase
+
+    @property
+    def phase(self) -> Phase:
+        return self._phase
+
+    @phase.setter
+    def phase(self, phase: Phase) -> None:
+        # Resolve the phase tables once per change, not once per message.
+        self._phase = phase
+        self._allowed = self._PHASES.get(phase, frozenset())
+        self._allowed_types = frozenset(ord(c.TYPE) for c in self._allowed)
+        self._next: dict[type[m.Message] | type[m.StartupPacket], Phase] = {
+            cls: nxt for (p, cls), nxt in TRANSITIONS.items() if p is phase
+        }
 
     def receive_data(self, data: bytes) -> None:
-        """Add bytes read from the peer (``b""`` is not EOF: call :meth:`receive_eof`)."""
+        """Add bytes read from the peer."""
         if self._pos and self._pos == len(self._buf):
             self._buf.clear()
             self._pos = 0
@@ -150,32 +167,37 @@ class _Framer:
         self._pos = end
         return t, raw, raw[5:]
 
-    def _decode(
-        self, table: dict[int, type[m.Message]], allowed: frozenset[type[m.Message]],
-        t: int, raw: bytes, payload: bytes, side: str,
-    ) -> m.Message:
-        cls = table.get(t)
+    def _bad_type(self, t: int, side: str) -> RemoteProtocolError:
+        cls = self._TABLE.get(t)
         if cls is None:
-            raise self._fail(RemoteProtocolError(
+            return self._fail(RemoteProtocolError(
                 f"invalid {side} message type {chr(t)!r} (0x{t:02x})"))
-        if cls not in allowed:
-            raise self._fail(RemoteProtocolError(
-                f"unexpected {side} message {cls.__name__} during {self.phase.value}"))
+        return self._fail(RemoteProtocolError(
+            f"unexpected {side} message {cls.__name__} during {self._phase.value}"))
+
+    def _decode(self, t: int, raw: bytes, payload: bytes, side: str) -> m.Message:
+        cls = self._TABLE.get(t)
+        if cls is None or cls not in self._allowed:
+            raise self._bad_type(t, side)
         try:
             msg = cls.decode(payload, raw)
         except RemoteProtocolError as exc:
             raise self._fail(exc) from None
-        nxt = TRANSITIONS.get((self.phase, cls))
-        if nxt is not None:
-            self.phase = nxt
+        if self._next:
+            nxt = self._next.get(cls)
+            if nxt is not None:
+                self.phase = nxt
         return msg
 
 
 class ServerConnection(_Framer):
     """The gateway's side facing a PostgreSQL client."""
 
+    _PHASES = FRONTEND_PHASES
+    _TABLE = m.FRONTEND_TYPES
+
     def __init__(self, max_message_size: int = DEFAULT_MAX_FRONTEND_MESSAGE) -> None:
-        super().__init__(max_message_size)
+        super().__init__(max_message_size, Phase.STARTUP)
 
     def next_event(self) -> m.Message | m.StartupPacket | _NeedData:
         """The next whole frontend message, or NEED_DATA."""
@@ -191,8 +213,7 @@ class ServerConnection(_Framer):
         if frame is None:
             return NEED_DATA
         t, raw, payload = frame
-        return self._decode(m.FRONTEND_TYPES, FRONTEND_PHASES[self.phase], t, raw,
-                            payload, "frontend")
+        return self._decode(t, raw, payload, "frontend")
 
     def _startup_packet(self) -> m.StartupPacket | _NeedData:
         buf = self._buf
@@ -210,7 +231,7 @@ class ServerConnection(_Framer):
             pkt = m.decode_startup_packet(raw[4:], raw)
         except RemoteProtocolError as exc:
             raise self._fail(exc) from None
-        nxt = TRANSITIONS.get((Phase.STARTUP, type(pkt)))
+        nxt = self._next.get(type(pkt))
         if nxt is not None:
             self.phase = nxt
         return pkt
@@ -221,7 +242,7 @@ class ServerConnection(_Framer):
             raise LocalProtocolError(f"{type(msg).__name__} is not a backend message")
         if self.phase in (Phase.CLOSED, Phase.ERROR) and not isinstance(msg, m.ErrorResponse):
             raise LocalProtocolError(f"cannot send {type(msg).__name__}: connection closed")
-        nxt = TRANSITIONS.get((self.phase, type(msg)))
+        nxt = self._next.get(type(msg))
         if nxt is not None:
             self.phase = nxt
         return m.frame_of(msg)
@@ -230,9 +251,11 @@ class ServerConnection(_Framer):
 class ClientConnection(_Framer):
     """The gateway's side facing the upstream PostgreSQL server."""
 
+    _PHASES = BACKEND_PHASES
+    _TABLE = m.BACKEND_TYPES
+
     def __init__(self, max_message_size: int = DEFAULT_MAX_BACKEND_MESSAGE) -> None:
-        super().__init__(max_message_size)
-        self.phase = Phase.AUTHENTICATING
+        super().__init__(max_message_size, Phase.AUTHENTICATING)
 
     def next_event(self) -> m.Message | _NeedData:
         """The next whole backend message, or NEED_DATA."""
@@ -242,8 +265,48 @@ class ClientConnection(_Framer):
         if frame is None:
             return NEED_DATA
         t, raw, payload = frame
-        allowed = BACKEND_PHASES.get(self.phase, frozenset())
-        return self._decode(m.BACKEND_TYPES, allowed, t, raw, payload, "backend")
+        return self._decode(t, raw, payload, "backend")
+
+    def read_frames(self) -> tuple[bytes, list[int]]:
+        """Every complete buffered frame at once, undecoded: the relay's fast path.
+
+        Returns the frames' bytes and the offset of each frame in them (its type
+        byte is ``data[offset]``). Framing, sizes and types are validated exactly
+        as :meth:`next_event` does; payloads are left for the caller to decode
+        (with the classes in :mod:`messages`) only where it needs them.
+        """
+        if self._error is not None:
+            raise self._error
+        buf = self._buf
+        start = pos = self._pos
+        n = len(buf)
+        starts: list[int] = []
+        allowed = self._allowed_types
+        limit = self.max_message_size
+        unpack = _U32.unpack_from
+        while n - pos >= 5:
+            t = buf[pos]
+            if t not in allowed:
+                self._pos = pos
+                raise self._bad_type(t, "backend")
+            (length,) = unpack(buf, pos + 1)
+            if length < 4 or length + 1 > limit:
+                self._pos = pos
+                self._typed_frame()  # raises the precise error
+            end = pos + 1 + length
+            if end > n:
+                break
+            starts.append(pos - start)
+            pos = end
+            if self._next:
+                nxt = self._next.get(self._TABLE[t])
+                if nxt is not None:
+                    self.phase = nxt
+                    allowed = self._allowed_types
+        if not starts:
+            return b"", starts
+        self._pos = pos
+        return bytes(buf[start:pos]), starts
 
     def send(self, msg: m.Message | m.StartupPacket) -> bytes:
         """Bytes for a frontend message we send upstream."""

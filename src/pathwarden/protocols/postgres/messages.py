@@ -138,7 +138,7 @@ class Message:
     @classmethod
     def decode(cls, payload: bytes, raw: bytes = b"") -> Self:
         _Reader(payload, cls.__name__).end()
-        return cls()
+        return cls(raw=raw)
 
 
 def frame_of(msg: Message | StartupPacket) -> bytes:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from . import messages as m
@@ -39,6 +39,24 @@ class Unit(enum.Enum):
 
 # Units that end with ReadyForQuery; all others end earlier and are extended-protocol.
 _ENDS_AT_READY = frozenset({Unit.QUERY, Unit.SYNC, Unit.FUNCTION})
+
+_DATA_ROW = ord(m.DataRow.TYPE)
+_READY = ord(m.ReadyForQuery.TYPE)
+_COMMAND_COMPLETE = ord(m.CommandComplete.TYPE)
+_ERROR = ord(m.ErrorResponse.TYPE)
+_EMPTY_QUERY = ord(m.EmptyQueryResponse.TYPE)
+_PORTAL_SUSPENDED = ord(m.PortalSuspended.TYPE)
+_NO_DATA = ord(m.NoData.TYPE)
+_COPY_RESPONSES = frozenset(
+    ord(c.TYPE) for c in (m.CopyInResponse, m.CopyOutResponse, m.CopyBothResponse))
+# The message that ends each extended-protocol unit (Describe also ends at NoData).
+_UNIT_END = {
+    Unit.PARSE: ord(m.ParseComplete.TYPE),
+    Unit.BIND: ord(m.BindComplete.TYPE),
+    Unit.CLOSE: ord(m.CloseComplete.TYPE),
+    Unit.DESCRIBE: ord(m.RowDescription.TYPE),
+}
+_NONE: list[Tracked] = []  # shared empty result; callers must not mutate it
 
 
 @dataclass(slots=True, eq=False)
@@ -61,7 +79,7 @@ class Tracked:
     skipped: bool = False
     # Opaque data owned by the proxy (timings, the Operation ...).
     context: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] | None = None
 
 
 class ResponseTracker:
@@ -88,61 +106,65 @@ class ResponseTracker:
 
     def on_backend(self, msg: m.Message) -> list[Tracked]:
         """Attribute one backend message; return the statements it completed."""
-        if not self._pending:
-            return []
-        unit, tracked = self._pending[0]
-        cls = type(msg)
-        if cls is m.DataRow:
+        return self.on_frame(ord(msg.TYPE), msg.payload())
+
+    def on_frame(self, t: int, payload: bytes | memoryview) -> list[Tracked]:
+        """Like :meth:`on_backend`, for an undecoded frame: its type byte and payload.
+
+        Only CommandComplete and ErrorResponse payloads are decoded.
+        """
+        pending = self._pending
+        if not pending:
+            return _NONE
+        unit, tracked = pending[0]
+        if t == _DATA_ROW:
             if tracked is not None:
                 tracked.pending_rows += 1
-            return []
-        if cls is m.ErrorResponse:
-            return self._on_error(unit, tracked, msg)  # type: ignore[arg-type]
-        if cls is m.ReadyForQuery:
+            return _NONE
+        if t == _READY:
             self.in_copy = False
             done: list[Tracked] = []
             # Anything still queued before the unit that ends here was skipped.
-            while self._pending:
-                u, t = self._pending.popleft()
-                if u in _ENDS_AT_READY:
-                    if t is not None:
-                        done.append(t)
+            while pending:
+                u, tr = pending.popleft()
+                if u is Unit.QUERY or u is Unit.SYNC or u is Unit.FUNCTION:
+                    if tr is not None:
+                        done.append(tr)
                     break
-                if t is not None:
-                    t.skipped = True
-                    done.append(t)
+                if tr is not None:
+                    tr.skipped = True
+                    done.append(tr)
             return done
-        if cls is m.CommandComplete:
+        if t == _COMMAND_COMPLETE:
             if tracked is not None:
-                tracked.tag = msg.tag  # type: ignore[attr-defined]
-                n = msg.rows  # type: ignore[attr-defined]
+                cc = m.CommandComplete.decode(bytes(payload))
+                tracked.tag = cc.tag
+                n = cc.rows
                 # The tag's count is authoritative (INSERT ... RETURNING sends rows too).
                 tracked.rows += tracked.pending_rows if n is None else n
                 tracked.pending_rows = 0
             self.in_copy = False
             if unit is Unit.EXECUTE:
                 return self._pop()
-            return []
-        if cls in (m.CopyInResponse, m.CopyOutResponse, m.CopyBothResponse):
+            return _NONE
+        if t == _ERROR:
+            return self._on_error(unit, tracked, m.ErrorResponse.decode(bytes(payload)))
+        if t in _COPY_RESPONSES:
             self.in_copy = True
-            return []
+            return _NONE
         if unit is Unit.EXECUTE:
-            if cls is m.EmptyQueryResponse or cls is m.PortalSuspended:
-                if tracked is not None and cls is m.PortalSuspended:
+            if t == _EMPTY_QUERY or t == _PORTAL_SUSPENDED:
+                if tracked is not None and t == _PORTAL_SUSPENDED:
                     tracked.tag = "(suspended)"
                     tracked.rows += tracked.pending_rows
                     tracked.pending_rows = 0
                 return self._pop()
-            return []
-        if unit is Unit.PARSE and cls is m.ParseComplete:
+            return _NONE
+        if unit is Unit.SYNC or unit is Unit.QUERY or unit is Unit.FUNCTION:
+            return _NONE
+        if _UNIT_END[unit] == t or (unit is Unit.DESCRIBE and t == _NO_DATA):
             return self._pop()
-        if unit is Unit.BIND and cls is m.BindComplete:
-            return self._pop()
-        if unit is Unit.CLOSE and cls is m.CloseComplete:
-            return self._pop()
-        if unit is Unit.DESCRIBE and (cls is m.RowDescription or cls is m.NoData):
-            return self._pop()
-        return []
+        return _NONE
 
     def _pop(self) -> list[Tracked]:
         _, tracked = self._pending.popleft()
