@@ -36,8 +36,10 @@ def standard_config(pg: PgServer, data_dir: Path, port: int) -> dict[str, Any]:
         "connections": {
             "test-db": {**base, "user": "postgres"},
             "scram-db": {**base, "user": "scram_user", "password": {"env": "PW_TEST_SCRAM"}},
-            "md5-db": {**base, "user": "md5_user", "password": {"file": str(data_dir.parent / "md5pw")}},
-            "tls-db": {**base, "user": "tls_user", "password": "tls-secret", "sslmode": "require"},
+            "md5-db": {**base, "user": "md5_user",
+                       "password": {"file": str(data_dir.parent / "md5pw")}},
+            "tls-db": {**base, "user": "tls_user", "password": "tls-secret",
+                       "sslmode": "require"},
             "wrongpw-db": {**base, "user": "scram_user", "password": "not-the-password"},
             "unreachable-db": {**base, "user": "postgres", "port": free_port()},
             "locked-db": {**base, "user": "postgres", "allow_all": False},
@@ -82,8 +84,8 @@ class GatewayHarness:
 
     def token(self, identity: str = "ci-test", ttl: str | None = "15m",
               connections: tuple[str, ...] | None = None) -> str:
-        issued = self.call(self.gateway.authenticator.issue_token(identity, parse_duration(ttl) if ttl else None,
-                                            connections))
+        lifetime = parse_duration(ttl) if ttl else None
+        issued = self.call(self.gateway.authenticator.issue_token(identity, lifetime, connections))
         return issued.token
 
     def dsn(self, connection: str = "test-db", identity: str = "ci-test",

@@ -59,6 +59,10 @@ def dsn(gw: GatewayHarness, connection: str, **extra: str) -> str:
     return gw.dsn(connection, "ci-test", token=issue(gw).token, connect_timeout="10", **extra)
 
 
+def connect(gw: GatewayHarness, connection: str, **extra: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(dsn(gw, connection, **extra), autocommit=True)
+
+
 def ended_sessions(gw: GatewayHarness, connection: str, since: datetime,
                    n: int = 1) -> list[SessionRecord]:
     def done() -> list[SessionRecord]:
@@ -68,6 +72,15 @@ def ended_sessions(gw: GatewayHarness, connection: str, since: datetime,
 
     recs: list[SessionRecord] = wait_until(done, what=f"{n} ended session(s) on {connection}")
     return recs
+
+
+def statements_of(gw: GatewayHarness, session_id: str, n: int) -> list[StatementRecord]:
+    """The session's statements once ``n`` are stored (the audit writer's background
+    flush can still hold the last ones when the session end is already visible)."""
+    stmts: list[StatementRecord] = wait_until(
+        lambda: (s if len(s := gw.statements(session_id)) >= n else None),
+        what=f"{n} statement(s) of session {session_id}")
+    return stmts
 
 
 class Running:
@@ -310,7 +323,7 @@ def test_upstream_closes_during_login(faulty: GatewayHarness, fresh_proxy: Fault
     fresh_proxy.mode = "drop"
     since = datetime.now(UTC)
     with pytest.raises(psycopg.OperationalError) as info:
-        psycopg.connect(autocommit=True, conninfo=dsn(faulty, "faulty-db"))
+        connect(faulty, "faulty-db")
     assert (f"pathwarden: connection faulty-db: connection closed during login to "
             f"127.0.0.1:{fresh_proxy.port}") in str(info.value)
     [rec] = ended_sessions(faulty, "faulty-db", since)
@@ -321,7 +334,7 @@ def test_upstream_hangs_during_login(faulty: GatewayHarness, fresh_proxy: FaultP
     fresh_proxy.mode = "hang"  # accepts TCP, never answers the StartupMessage
     started = time.monotonic()
     with pytest.raises(psycopg.OperationalError) as info:
-        psycopg.connect(autocommit=True, conninfo=dsn(faulty, "faulty-db"))
+        connect(faulty, "faulty-db")
     elapsed = time.monotonic() - started
     assert (f"pathwarden: connection faulty-db: timed out during login to "
             f"127.0.0.1:{fresh_proxy.port}") in str(info.value)
@@ -337,8 +350,8 @@ def test_upstream_cut_mid_query(faulty: GatewayHarness, fresh_proxy: FaultProxy,
     app = unique_app()
     since = datetime.now(UTC)
     baseline = faulty.live_sessions()
-    with psycopg.connect(autocommit=True, conninfo=dsn(faulty, "test-db")) as bystander, \
-            psycopg.connect(autocommit=True, conninfo=dsn(faulty, "faulty-db", application_name=app)) as victim:
+    with connect(faulty, "test-db") as bystander, \
+            connect(faulty, "faulty-db", application_name=app) as victim:
         assert victim.execute("select 1").fetchone() == (1,)
         try:
             running = Running(victim, SLEEP_SQL)
@@ -361,12 +374,12 @@ def test_upstream_cut_mid_query(faulty: GatewayHarness, fresh_proxy: FaultProxy,
         assert rec.end_reason == "upstream disconnected"
     else:
         assert (rec.end_reason or "").startswith("upstream lost: "), rec.end_reason
-    stmts = faulty.statements(rec.id)
+    stmts = statements_of(faulty, rec.id, 2)
     assert [s.text for s in stmts] == ["select 1", SLEEP_SQL]
     assert stmts[1].error == (f"session ended before the statement completed "
                               f"({rec.end_reason})")
     wait_until(lambda: faulty.live_sessions() == baseline, what="live sessions at baseline")
-    with psycopg.connect(autocommit=True, conninfo=dsn(faulty, "faulty-db")) as again:  # the connection recovers
+    with connect(faulty, "faulty-db") as again:  # the connection recovers
         assert again.execute("select 2").fetchone() == (2,)
 
 
@@ -375,7 +388,7 @@ def test_upstream_backend_terminated_mid_query(gateway: GatewayHarness,
     app = unique_app()
     since = datetime.now(UTC)
     baseline = gateway.live_sessions()
-    with psycopg.connect(autocommit=True, conninfo=dsn(gateway, "test-db", application_name=app)) as conn:
+    with connect(gateway, "test-db", application_name=app) as conn:
         running = Running(conn, SLEEP_SQL)
         [pid] = wait_until(lambda: backend_pids(superuser, app, SLEEP_SQL),
                            what="pg_sleep running")
@@ -387,15 +400,14 @@ def test_upstream_backend_terminated_mid_query(gateway: GatewayHarness,
         assert isinstance(error, psycopg.OperationalError), repr(error)
         assert error.sqlstate == "57P01"
         assert "terminating connection due to administrator command" in str(error)
-    rec = next(r for r in ended_sessions(gateway, "test-db", since)
-               if r.end_reason != "client terminated")
+    [rec] = ended_sessions(gateway, "test-db", since)
     assert rec.end_reason == "upstream disconnected"
-    [stmt] = gateway.statements(rec.id)
+    [stmt] = statements_of(gateway, rec.id, 1)
     assert stmt.text == SLEEP_SQL
     assert stmt.error is not None
     assert "terminating connection due to administrator command" in stmt.error
     wait_until(lambda: gateway.live_sessions() == baseline, what="live sessions at baseline")
-    with psycopg.connect(autocommit=True, conninfo=dsn(gateway, "test-db")) as conn:
+    with connect(gateway, "test-db") as conn:
         assert conn.execute("select 1").fetchone() == (1,)
 
 
@@ -403,7 +415,7 @@ def test_upstream_backend_terminated_while_idle(gateway: GatewayHarness,
                                                 superuser: psycopg.Connection[Any]) -> None:
     app = unique_app()
     since = datetime.now(UTC)
-    with psycopg.connect(autocommit=True, conninfo=dsn(gateway, "test-db", application_name=app)) as conn:
+    with connect(gateway, "test-db", application_name=app) as conn:
         assert conn.execute("select 1").fetchone() == (1,)
         [pid] = backend_pids(superuser, app)
         superuser.execute("select pg_terminate_backend(%s)", (pid,))
@@ -412,7 +424,7 @@ def test_upstream_backend_terminated_while_idle(gateway: GatewayHarness,
         with pytest.raises(psycopg.OperationalError) as info:
             conn.execute("select 2")
         assert "terminating connection due to administrator command" in str(info.value)
-    assert [s.text for s in gateway.statements(rec.id)] == ["select 1"]
+    assert [s.text for s in statements_of(gateway, rec.id, 1)] == ["select 1"]
 
 
 # --------------------------------------------------------------------------- gateway shutdown
@@ -457,8 +469,8 @@ def doomed(pg_server: PgServer, tmp_path: Path) -> Iterator[GatewayHarness]:
 def test_gateway_shutdown_mid_session(doomed: GatewayHarness,
                                       superuser: psycopg.Connection[Any]) -> None:
     app = unique_app()
-    busy = psycopg.connect(autocommit=True, conninfo=dsn(doomed, "test-db", application_name=app))
-    idle = psycopg.connect(autocommit=True, conninfo=dsn(doomed, "test-db", application_name=app))
+    busy = connect(doomed, "test-db", application_name=app)
+    idle = connect(doomed, "test-db", application_name=app)
     port = doomed.port
     try:
         assert idle.execute("select 'idle'").fetchone() == ("idle",)
@@ -494,6 +506,8 @@ def test_gateway_shutdown_mid_session(doomed: GatewayHarness,
     assert texts == sorted(["select 'idle'", SLEEP_SQL])
 
 
+@pytest.mark.xfail(strict=True, reason="gateway bug: stop() leaves mid-handshake clients "
+                   "open and unanswered (failures-3)")
 def test_gateway_shutdown_mid_handshake(doomed: GatewayHarness) -> None:
     """A client waiting in the handshake is let go when the gateway stops."""
     with socket.create_connection(("127.0.0.1", doomed.port), timeout=5) as sock:
@@ -502,7 +516,7 @@ def test_gateway_shutdown_mid_handshake(doomed: GatewayHarness) -> None:
         assert sock.recv(1) == b"R"  # the password request
         sock.recv(100)
         doomed.stop_once()  # type: ignore[attr-defined]
-        sock.settimeout(3)
+        sock.settimeout(2)
         data = b""
         with contextlib.suppress(ConnectionResetError):
             while chunk := sock.recv(4096):

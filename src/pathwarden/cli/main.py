@@ -129,7 +129,7 @@ def token_issue(
     config: ConfigOpt = DEFAULT_CONFIG,
 ) -> None:
     """Mint a short-lived token; prints the token alone on stdout."""
-    from ..identity import AuthError, Authenticator, IssueError, TokenAuthority
+    from ..identity import Authenticator, AuthError, IssueError, TokenAuthority
 
     cfg = _load(config)
     try:

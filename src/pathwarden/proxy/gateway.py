@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..audit.writer import AuditWriter
 from ..config import GatewayConfig, PostgresConnection
-from ..identity import AuthError, Authenticator, TokenAuthority
+from ..identity import Authenticator, AuthError, TokenAuthority
 from ..model import Identity
 from ..policy.allow_all import ConnectionAllowAll
 from ..store import Store, open_store, store_url_for
@@ -137,7 +137,7 @@ class Gateway:
 async def open_gateway(config: GatewayConfig) -> Gateway:
     """Create the data directory, open the store and the token key, build a Gateway."""
     data_dir = Path(config.data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # noqa: ASYNC240 - startup only
     store = await open_store(store_url_for(config))
     authority = TokenAuthority.load_or_create(data_dir)
     return Gateway(config, store, authority)

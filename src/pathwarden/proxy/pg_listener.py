@@ -21,6 +21,7 @@ that says what to do, and an audit session record with its end reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import secrets
@@ -132,10 +133,8 @@ class PostgresListener:
         await asyncio.sleep(0)  # let connection_made run
         sock = leg.transport.get_extra_info("socket") if leg.transport else None
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
         try:
             await asyncio.wait_for(self._handshake(leg), timeout=HANDSHAKE_TIMEOUT)
         except TimeoutError:

@@ -11,6 +11,7 @@ failed and why, without the password.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from collections.abc import Callable, Mapping
@@ -106,10 +107,8 @@ async def _dial(target: UpstreamTarget) -> Leg:
     if sock is not None:
         import socket
 
-        try:
+        with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
     ctx = target.ssl_context
     if target.sslmode == "disable" or ctx is None:
         return leg
@@ -251,9 +250,7 @@ async def send_cancel(target: UpstreamTarget, key: m.BackendKeyData) -> None:
     try:
         leg.write(m.CancelRequest(process_id=key.process_id, secret_key=key.secret_key).encode())
         # The server closes the connection once it has read the request.
-        try:
+        with contextlib.suppress(LegClosed, TimeoutError):
             await asyncio.wait_for(leg.read_some(), timeout=5)
-        except (LegClosed, TimeoutError):
-            pass
     finally:
         leg.close()

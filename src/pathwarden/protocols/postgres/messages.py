@@ -246,6 +246,12 @@ class Query(Message):
 
     @classmethod
     def decode(cls, payload: bytes, raw: bytes = b"") -> Self:
+        # The hot path of simple-protocol clients: one NUL, at the very end.
+        if payload[-1:] == b"\0" and payload.find(b"\0") == len(payload) - 1:
+            try:
+                return cls(text=payload[:-1].decode("utf-8"), raw=raw)
+            except UnicodeDecodeError:
+                pass
         r = _Reader(payload, "Query")
         text = r.cstring()
         r.end()
@@ -669,6 +675,8 @@ class CommandComplete(Message):
 
     @classmethod
     def decode(cls, payload: bytes, raw: bytes = b"") -> Self:
+        if payload[-1:] == b"\0" and payload.find(b"\0") == len(payload) - 1:
+            return cls(tag=payload[:-1].decode("utf-8", "replace"), raw=raw)
         r = _Reader(payload, "CommandComplete")
         tag = r.cstring()
         r.end()

@@ -153,7 +153,7 @@ class ResponseTracker:
             self.in_copy = True
             return _NONE
         if unit is Unit.EXECUTE:
-            if t == _EMPTY_QUERY or t == _PORTAL_SUSPENDED:
+            if t in (_EMPTY_QUERY, _PORTAL_SUSPENDED):
                 if tracked is not None and t == _PORTAL_SUSPENDED:
                     tracked.tag = "(suspended)"
                     tracked.rows += tracked.pending_rows
