@@ -42,6 +42,7 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -389,6 +390,46 @@ def _run_server_tool(
     return proc
 
 
+_OWNED_PREFIX = "pathwarden-pg-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _reap_stale_servers() -> None:
+    """Stop servers left behind by test processes that were killed (e.g. SIGKILL).
+
+    Only directories this module created (``<tmp>/pathwarden-pg-*`` with an
+    ``owner.pid`` naming a process that no longer exists) are touched; the postmaster
+    is identified by its ``postmaster.pid`` and checked against its command line.
+    """
+    for owner_file in Path(tempfile.gettempdir()).glob(f"{_OWNED_PREFIX}*/owner.pid"):
+        try:
+            owner = int(owner_file.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+        if _alive(owner):
+            continue
+        for pidfile in owner_file.parent.glob("*/postmaster.pid"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                pid = int(pidfile.read_text().split()[0])
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                if str(pidfile.parent).encode() in cmdline:
+                    os.kill(pid, signal.SIGQUIT)  # immediate shutdown
+                    for _ in range(50):
+                        if not _alive(pid):
+                            break
+                        time.sleep(0.1)
+        shutil.rmtree(owner_file.parent, ignore_errors=True)
+
+
 def _write_conf(server: PgServer, max_connections: int) -> None:
     settings = {
         "listen_addresses": "'127.0.0.1'",
@@ -434,7 +475,8 @@ def start_pg_server(base_dir: Path, *, max_connections: int = 300, attempts: int
     When running as root the server runs as the ``postgres`` (or ``nobody``) user;
     if that user cannot reach ``base_dir`` (e.g. pytest's 0700 tmp dirs), the
     cluster goes in a private directory under the system temp dir instead, which
-    :meth:`PgServer.destroy` removes.
+    :meth:`PgServer.destroy` removes (and which a later call reaps, server included,
+    if the process that made it died without cleaning up).
     """
     bindir = find_pg_bindir()
     user = _run_as_user()
@@ -443,8 +485,10 @@ def start_pg_server(base_dir: Path, *, max_connections: int = 300, attempts: int
     owned_dir: Path | None = None
     parent = base_dir
     if user is not None and not _can_traverse(base_dir, user):
-        owned_dir = Path(tempfile.mkdtemp(prefix="pathwarden-pg-"))
+        _reap_stale_servers()
+        owned_dir = Path(tempfile.mkdtemp(prefix=_OWNED_PREFIX))
         os.chmod(owned_dir, 0o711)  # traversable only; the data dir below is 0700
+        (owned_dir / "owner.pid").write_text(f"{os.getpid()}\n")
         parent = owned_dir
     datadir = Path(tempfile.mkdtemp(prefix="pg-", dir=parent))
     if user is not None:

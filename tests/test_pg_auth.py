@@ -200,8 +200,9 @@ def test_md5_password_is_md5_of_md5_password_user_and_salt(
 
 
 def test_md5_password_known_value() -> None:
-    # md5("md5-secretmd5_user") = 1f0c2b3b…, salted with 01020304, checked once by hand
-    # through the formula above; pinned so a regression in either is visible.
-    value = md5_password("md5_user", "md5-secret", b"\x01\x02\x03\x04")
-    assert value.startswith(b"md5") and value.endswith(b"\x00")
-    assert len(value) == 3 + 32 + 1
+    # pg_authid stores md5("postgres" + "postgres") = md53175bce1d3201d16594cebf9d7eb3f9d for
+    # user postgres / password postgres; the wire answer salts that hex digest.
+    salted = hashlib.md5(b"3175bce1d3201d16594cebf9d7eb3f9d" + b"\x01\x02\x03\x04").hexdigest()
+    assert salted == "68be9ed08db75f318087ab337aaea044"
+    assert md5_password("postgres", "postgres", b"\x01\x02\x03\x04") == (
+        b"md568be9ed08db75f318087ab337aaea044\x00")

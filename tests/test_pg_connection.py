@@ -36,7 +36,6 @@ from pathwarden.protocols.postgres.errors import (
 from test_pg_messages import (
     BACKEND_CASES,
     FRONTEND_CASES,
-    RAW_DROPPED,
     STARTUP_BYTES,
     STARTUP_CASES,
     client_at,
@@ -385,7 +384,6 @@ def test_client_refuses_to_send_a_backend_message(msg: m.Message) -> None:
         client_at(READY).send(msg)
 
 
-@pytest.mark.xfail(strict=True, reason="see bug note /tmp/pw-bugs/core-4.md")
 @pytest.mark.parametrize(
     ("side", "msg"),
     [
@@ -415,6 +413,7 @@ def test_oversized_frame_is_rejected_from_its_header_alone(side: str) -> None:
         conn.send(m.ReadyForQuery())
         conn.receive_data(b"Q" + struct.pack("!I", 1000))  # 1001 bytes with the type byte
     else:
+        conn.phase = Phase.READY  # a DataRow is only acceptable once authenticated
         conn.receive_data(b"D" + struct.pack("!I", 1000))
     with pytest.raises(RemoteProtocolError) as info:
         conn.next_event()
@@ -490,7 +489,6 @@ def test_unknown_backend_type_byte_is_rejected(type_byte: bytes) -> None:
 _HUGE = b"\x00\x10\x00\x00"  # 1 MiB announced, under the default limits
 
 
-@pytest.mark.xfail(strict=True, reason="see bug note /tmp/pw-bugs/core-3.md")
 @pytest.mark.parametrize(
     ("phase", "type_byte"),
     [(READY, b"?"), (READY, b"p"), (AUTH, b"Q"), (AUTH, b"?")],
@@ -505,6 +503,87 @@ def test_frame_the_phase_cannot_accept_is_rejected_from_its_header(
     conn.receive_data(type_byte + _HUGE)
     with pytest.raises(RemoteProtocolError):
         conn.next_event()
+
+
+# -- read_frames: the relay's undecoded fast path ----------------------------------
+
+
+def split_frames(data: bytes, offsets: list[int]) -> list[bytes]:
+    ends = [*offsets[1:], len(data)] if offsets else []
+    return [data[a:b] for a, b in zip(offsets, ends, strict=True)]
+
+
+def test_read_frames_returns_every_complete_frame_and_keeps_the_partial_one() -> None:
+    conn = client_at(READY)
+    conn.receive_data(b"".join(wire for _, wire in BACKEND_STREAM) + b"Z\x00\x00")
+    data, offsets = conn.read_frames()
+    assert split_frames(data, offsets) == [wire for _, wire in BACKEND_STREAM]
+    assert conn.buffered == 3
+    assert conn.read_frames() == (b"", [])
+    conn.receive_data(b"\x00\x05I")
+    assert conn.read_frames() == (b"Z\x00\x00\x00\x05I", [0])
+    assert conn.next_event() is NEED_DATA
+
+
+def test_read_frames_byte_by_byte_matches_next_event() -> None:
+    stream = b"".join(wire for _, wire in BACKEND_STREAM)
+    conn = client_at(READY)
+    frames: list[bytes] = []
+    for i in range(len(stream)):
+        conn.receive_data(stream[i : i + 1])
+        frames += split_frames(*conn.read_frames())
+    assert frames == [ev.raw for ev in events(client_at(READY), stream)]  # type: ignore[attr-defined]
+
+
+def test_read_frames_follows_authentication_into_ready() -> None:
+    login = [m.Authentication(m.AUTH_OK), m.ParameterStatus("server_version", "17"),
+             m.BackendKeyData(7, b"\x00\x00\x00\x01"), m.ReadyForQuery("I")]
+    conn = client_at(AUTH)
+    conn.receive_data(b"".join(msg.encode() for msg in login) + m.CommandComplete("X").encode())
+    _, offsets = conn.read_frames()
+    assert len(offsets) == 5
+    assert conn.phase is READY
+    conn.receive_data(m.BackendKeyData(7, b"\x00\x00\x00\x01").encode())
+    with pytest.raises(RemoteProtocolError, match="unexpected backend message BackendKeyData"):
+        conn.read_frames()
+
+
+@pytest.mark.parametrize(("phase", "type_byte"), [(READY, b"?"), (READY, b"R"), (AUTH, b"D")])
+def test_read_frames_rejects_a_type_from_the_header_alone(phase: Phase, type_byte: bytes) -> None:
+    conn = client_at(phase)
+    conn.receive_data(type_byte + _HUGE)
+    with pytest.raises(RemoteProtocolError) as first:
+        conn.read_frames()
+    assert conn.phase is Phase.ERROR
+    with pytest.raises(RemoteProtocolError) as again:
+        conn.read_frames()
+    assert again.value is first.value
+    with pytest.raises(RemoteProtocolError):
+        conn.next_event()
+
+
+@pytest.mark.parametrize(("header", "sqlstate"), [
+    (b"D" + struct.pack("!I", 1000), PROGRAM_LIMIT_EXCEEDED),
+    (b"D" + struct.pack("!I", 3), PROTOCOL_VIOLATION),
+])
+def test_read_frames_enforces_the_length_rules_from_the_header(
+    header: bytes, sqlstate: str,
+) -> None:
+    conn = ClientConnection(1000)
+    events(conn, b"Z\x00\x00\x00\x05I")
+    conn.receive_data(header)
+    with pytest.raises(RemoteProtocolError) as info:
+        conn.read_frames()
+    assert info.value.sqlstate == sqlstate
+
+
+def test_read_frames_hands_out_the_valid_frames_before_a_bad_one() -> None:
+    # next_event hands these out before raising; read_frames drops them with the error.
+    conn = client_at(READY)
+    conn.receive_data(b"C\x00\x00\x00\x0dINSERT 1\x00" + b"?\x00\x00\x00\x04")
+    assert conn.read_frames() == (b"C\x00\x00\x00\x0dINSERT 1\x00", [0])
+    with pytest.raises(RemoteProtocolError):
+        conn.read_frames()
 
 
 # -- fuzz: only RemoteProtocolError escapes; raw bytes are exactly what was parsed ---
@@ -548,10 +627,9 @@ def _check_fuzz_outcome(
 ) -> None:
     got, err = _drain(conn, data, cuts)
     assert all(isinstance(ev, (m.Message, m.StartupPacket)) for ev in got)
-    # Every event stands for exactly the bytes that were parsed for it, in order.
-    handed_out = b"".join(m.frame_of(ev) for ev in got)  # type: ignore[arg-type]
+    # Every event carries exactly the bytes that were parsed for it, in order.
+    handed_out = b"".join(ev.raw for ev in got)  # type: ignore[attr-defined]
     assert data.startswith(handed_out)
-    assert all(ev.raw for ev in got if type(ev) not in RAW_DROPPED)  # type: ignore[attr-defined]
     if err is not None:
         assert err.sqlstate in (PROTOCOL_VIOLATION, PROGRAM_LIMIT_EXCEEDED)
         assert conn.phase is Phase.ERROR
@@ -584,13 +662,39 @@ def test_client_connection_survives_any_bytes_in_any_phase(
     _check_fuzz_outcome(client_at(phase, limit), data, cuts)
 
 
+@_FUZZ
+@given(phase=st.sampled_from([AUTH, READY, CLOSED]), data=_stream(_BACK_FRAMES), cuts=_cuts,
+       fast=st.lists(st.booleans(), min_size=9, max_size=9))
+def test_read_frames_and_next_event_hand_out_exactly_the_bytes_received(
+    phase: Phase, data: bytes, cuts: list[int], fast: list[bool],
+) -> None:
+    conn = client_at(phase, 1024)
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    handed_out = b""
+    try:
+        for i, (a, b) in enumerate(zip([0, *points], [*points, len(data)], strict=True)):
+            if fast[i]:
+                conn.receive_data(data[a:b])
+                chunk, offsets = conn.read_frames()
+                for frame_ in split_frames(chunk, offsets):
+                    assert frame_[0] in m.BACKEND_TYPES
+                    assert struct.unpack("!I", frame_[1:5])[0] == len(frame_) - 1
+                handed_out += chunk
+            else:
+                handed_out += b"".join(ev.raw for ev in events(conn, data[a:b]))  # type: ignore[attr-defined]
+    except RemoteProtocolError:
+        assert conn.phase is Phase.ERROR
+    else:
+        assert conn.buffered == len(data) - len(handed_out)
+    assert data.startswith(handed_out)
+
+
 @settings(max_examples=200, deadline=None)
 @given(data=st.binary(max_size=64), cuts=_cuts)
 def test_server_connection_survives_pure_noise_at_startup(data: bytes, cuts: list[int]) -> None:
     _check_fuzz_outcome(server_at(Phase.STARTUP), data, cuts)
 
 
-@pytest.mark.xfail(strict=True, reason="see bug note /tmp/pw-bugs/core-0.md")
 def test_raw_of_all_events_concatenates_to_the_bytes_received() -> None:
     data = b"".join(wire for _, wire in FRONTEND_STREAM)
     got = events(server_at(READY), data)

@@ -211,23 +211,6 @@ def _case_id(case: tuple[object, ...]) -> str:
     return type(case[0]).__name__
 
 
-#: Classes without a payload: Message.decode drops ``raw`` for them (bug note core-0).
-RAW_DROPPED: frozenset[type[m.Message]] = frozenset({
-    m.Sync, m.Flush, m.Terminate, m.CopyDone, m.ParseComplete, m.BindComplete,
-    m.CloseComplete, m.NoData, m.PortalSuspended, m.EmptyQueryResponse,
-})
-_RAW_BUG = pytest.mark.xfail(strict=True, reason="see bug note /tmp/pw-bugs/core-0.md")
-
-
-def _raw_cases(
-    cases: list[tuple[m.Message, bytes, Phase]],
-) -> list[object]:
-    return [
-        pytest.param(c, id=_case_id(c), marks=[_RAW_BUG] if type(c[0]) in RAW_DROPPED else [])
-        for c in cases
-    ]
-
-
 # -- exact bytes ---------------------------------------------------------------
 
 
@@ -258,7 +241,7 @@ def test_server_connection_decodes_frontend_bytes_to_an_equal_message(
     assert m.frame_of(ev) == wire  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("case", _raw_cases(FRONTEND_CASES))
+@pytest.mark.parametrize("case", FRONTEND_CASES, ids=_case_id)
 def test_decoded_frontend_message_keeps_its_exact_frame_in_raw(
     case: tuple[m.Message, bytes, Phase],
 ) -> None:
@@ -286,7 +269,7 @@ def test_client_connection_decodes_backend_bytes_to_an_equal_message(
     assert m.frame_of(ev) == wire  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("case", _raw_cases(BACKEND_CASES))
+@pytest.mark.parametrize("case", BACKEND_CASES, ids=_case_id)
 def test_decoded_backend_message_keeps_its_exact_frame_in_raw(
     case: tuple[m.Message, bytes, Phase],
 ) -> None:
@@ -401,7 +384,6 @@ def test_command_complete_rows_reads_the_count_at_the_end_of_the_tag(
     assert m.CommandComplete(tag).rows == rows
 
 
-@pytest.mark.xfail(strict=True, reason="see bug note /tmp/pw-bugs/core-2.md")
 @pytest.mark.parametrize("tag", ["SELECT ²", "SELECT ①", "INSERT 0 ³"])
 def test_command_complete_rows_ignores_non_ascii_digit_characters(tag: str) -> None:
     # str.isdigit() accepts superscripts that int() refuses: a ValueError escaped.
@@ -442,6 +424,7 @@ MALFORMED_FRONTEND: list[tuple[str, bytes, bytes, Phase]] = [
     ("Query unterminated", b"Q", b"SELECT 1", READY),
     ("Query empty payload", b"Q", b"", READY),
     ("Query trailing", b"Q", b"SELECT 1\x00x", READY),
+    ("Query two strings", b"Q", b"SELECT 1\x00x\x00", READY),
     ("Parse missing query", b"P", b"s\x00", READY),
     ("Parse missing count", b"P", _S + _S, READY),
     ("Parse truncated count", b"P", _S + _S + b"\x00", READY),
@@ -525,6 +508,8 @@ MALFORMED_BACKEND: list[tuple[str, bytes, bytes, Phase]] = [
     ("RowDescription trailing", b"T", b"\x00\x00x", READY),
     ("CommandComplete unterminated", b"C", b"SELECT 1", READY),
     ("CommandComplete trailing", b"C", b"SELECT 1\x00\x00", READY),
+    ("CommandComplete two strings", b"C", b"SELECT 1\x00x\x00", READY),
+    ("CommandComplete empty", b"C", b"", READY),
     ("ErrorResponse empty", b"E", b"", READY),
     ("ErrorResponse missing terminator", b"E", b"SERROR\x00", READY),
     ("ErrorResponse unterminated value", b"E", b"SERR", AUTH),
@@ -641,7 +626,6 @@ def test_malformed_payload_tables_cover_every_class_with_a_structured_payload() 
 _MANY = 40_000  # PostgreSQL (and libpq since 14) accept up to 65535 parameters
 
 
-@pytest.mark.xfail(strict=True, reason="see bug note /tmp/pw-bugs/core-1.md")
 def test_bind_with_more_than_32767_parameters_is_accepted() -> None:
     payload = (_S + _S + b"\x00\x00" + struct.pack("!H", _MANY)
                + b"\xff\xff\xff\xff" * _MANY + b"\x00\x00")
@@ -649,14 +633,12 @@ def test_bind_with_more_than_32767_parameters_is_accepted() -> None:
     assert len(ev.params) == _MANY  # type: ignore[attr-defined]
 
 
-@pytest.mark.xfail(strict=True, reason="see bug note /tmp/pw-bugs/core-1.md")
 def test_parse_with_more_than_32767_parameter_types_is_accepted() -> None:
     payload = _S + b"SELECT\x00" + struct.pack("!H", _MANY) + b"\x00\x00\x00\x17" * _MANY
     [ev] = decode_frontend(frame(b"P", payload), READY)
     assert len(ev.param_types) == _MANY  # type: ignore[attr-defined]
 
 
-@pytest.mark.xfail(strict=True, reason="see bug note /tmp/pw-bugs/core-1.md")
 def test_parameter_description_with_more_than_32767_types_round_trips() -> None:
     msg = m.ParameterDescription((23,) * _MANY)
     [ev] = decode_backend(msg.encode(), READY)
@@ -772,9 +754,7 @@ def test_any_frontend_message_round_trips_through_server_connection(
     [ev] = _feed_in_chunks(server_at(READY), _split(wire, cuts))
     assert ev == msg
     assert ev.encode() == wire  # type: ignore[attr-defined]
-    assert m.frame_of(ev) == wire  # type: ignore[arg-type]
-    if type(msg) not in RAW_DROPPED:  # those are pinned by the strict xfails above
-        assert ev.raw == wire  # type: ignore[attr-defined]
+    assert ev.raw == wire  # type: ignore[attr-defined]
 
 
 @settings(max_examples=300, deadline=None)
@@ -786,9 +766,7 @@ def test_any_backend_message_round_trips_through_client_connection(
     [ev] = _feed_in_chunks(client_at(READY), _split(wire, cuts))
     assert ev == msg
     assert ev.encode() == wire  # type: ignore[attr-defined]
-    assert m.frame_of(ev) == wire  # type: ignore[arg-type]
-    if type(msg) not in RAW_DROPPED:  # those are pinned by the strict xfails above
-        assert ev.raw == wire  # type: ignore[attr-defined]
+    assert ev.raw == wire  # type: ignore[attr-defined]
 
 
 @settings(max_examples=150, deadline=None)

@@ -164,12 +164,12 @@ def test_psql_copy_in_and_out(gateway: GatewayHarness, table: str, pg_server: Pg
           cwd=tmp_path)
     assert (tmp_path / "out.csv").read_text() == src.read_text()
 
-    _, stmts = _session_with(gateway, f"{table} (id, v) from STDIN")
+    _, stmts = _session_with(gateway, f"COPY  {table} ( id, v ) FROM STDIN")
     (cin,) = stmts
     assert cin.command_tag == f"COPY {n}"
     assert cin.rows == n
     assert cin.error is None
-    session, stmts = _session_with(gateway, f"from {table} order by id) TO STDOUT")
+    session, stmts = _session_with(gateway, f"{table} order by id")
     (cout,) = stmts
     assert cout.command_tag == f"COPY {n}"
     assert cout.rows == n
@@ -222,7 +222,7 @@ SELECT string_agg(id::text, ',' ORDER BY id) FROM {table};
         "1|committed", "5|autocommit", "6|kept"]
 
     _, stmts = _session_with(gateway, f"INSERT INTO {table} VALUES (4")
-    summary = [(s.text.split(" ")[0] if not s.text.startswith("SELECT 1/0") else "1/0",
+    summary = [(s.text.rstrip(";").split(" ")[0] if not s.text.startswith("SELECT 1/0") else "1/0",
                 s.command_tag, s.error is not None) for s in stmts]
     assert summary == [
         ("BEGIN", "BEGIN", False), ("INSERT", "INSERT 0 1", False), ("COMMIT", "COMMIT", False),
@@ -250,6 +250,26 @@ def test_psql_sslmode_require(gateway: GatewayHarness) -> None:
     assert session.end_reason == "client terminated"
 
 
+def test_psql_large_result_and_inline_copy_over_tls(gateway: GatewayHarness, table: str,
+                                                    pg_server: PgServer,
+                                                    tmp_path: Path) -> None:
+    proc = _psql(gateway, "-c", "select i, md5(i::text) from generate_series(1, 200000) i",
+                 sslmode="require")
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 200_000
+    assert lines[-1].startswith("200000|")
+    script = tmp_path / "copy.sql"
+    script.write_text(
+        f"BEGIN;\nCOPY {table} (id, v) FROM STDIN;\n1\tone\n2\ttwo\n\\.\nCOMMIT;\n"
+        f"BEGIN;\nCOPY {table} (id, v) FROM STDIN;\n3\tthree\n\\.\nROLLBACK;\n")
+    _psql(gateway, "-v", "ON_ERROR_STOP=1", "-f", str(script), sslmode="require")
+    assert _server(pg_server, f"select id, v from {table} order by id") == ["1|one", "2|two"]
+    _, stmts = _session_with(gateway, f"COPY {table} (id, v) FROM STDIN")
+    assert [(s.text.split(" ")[0], s.command_tag) for s in stmts] == [
+        ("BEGIN;", "BEGIN"), ("COPY", "COPY 2"), ("COMMIT;", "COMMIT"),
+        ("BEGIN;", "BEGIN"), ("COPY", "COPY 1"), ("ROLLBACK;", "ROLLBACK")]
+
+
 def test_psql_sslmode_verify_full(gateway: GatewayHarness, pg_server: PgServer) -> None:
     cert = Path(gateway.config.data_dir) / "tls" / "gateway.crt"
     assert cert.is_file()
@@ -264,19 +284,23 @@ def test_psql_sslmode_verify_full(gateway: GatewayHarness, pg_server: PgServer) 
     assert "certificate verify failed" in proc.stderr
 
 
-def test_psql_ctrl_c_cancels_running_statement(gateway: GatewayHarness) -> None:
+@pytest.mark.parametrize("sslmode", ["disable", "require"])
+def test_psql_ctrl_c_cancels_running_statement(gateway: GatewayHarness, pg_server: PgServer,
+                                               sslmode: str) -> None:
     marker = uuid.uuid4().hex
-    baseline = gateway.live_sessions()
+    running = ("select count(*) from pg_stat_activity where state = 'active' "
+               f"and query like '%/* {marker} */%' and pid <> pg_backend_pid()")
     proc = subprocess.Popen(
-        _psql_cmd(_conninfo(gateway), "-c", f"select pg_sleep(30) /* {marker} */"),
+        _psql_cmd(_conninfo(gateway, sslmode), "-c", f"select pg_sleep(30) /* {marker} */"),
         env=_env(gateway.token()), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        assert _wait_until(lambda: gateway.live_sessions() > baseline, 10)
-        time.sleep(1.0)  # the statement is on its way / running upstream
+        # Interrupt once the statement runs upstream (~1 s after starting psql).
+        assert _wait_until(lambda: _server(pg_server, running) == ["1"], 10)
+        time.sleep(0.5)
         sent = time.monotonic()
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=10)
+        _, err = proc.communicate(timeout=10)
         elapsed = time.monotonic() - sent
     finally:
         if proc.poll() is None:
@@ -293,13 +317,35 @@ def test_psql_ctrl_c_cancels_running_statement(gateway: GatewayHarness) -> None:
     assert rec.duration_ms < 10_000
 
 
+def test_psql_killed_mid_statement(gateway: GatewayHarness, pg_server: PgServer) -> None:
+    marker = uuid.uuid4().hex
+    running = ("select count(*) from pg_stat_activity where state = 'active' "
+               f"and query like '%/* {marker} */%' and pid <> pg_backend_pid()")
+    proc = subprocess.Popen(
+        _psql_cmd(_conninfo(gateway), "-c", f"select pg_sleep(30) /* {marker} */"),
+        env=_env(gateway.token()), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert _wait_until(lambda: _server(pg_server, running) == ["1"], 10)
+    finally:
+        proc.kill()
+        proc.wait()
+    session, stmts = _session_with(gateway, marker)
+    assert session.end_reason == "client disconnected"
+    (rec,) = stmts
+    assert rec.error == "session ended before the statement completed (client disconnected)"
+    # The gateway closed the upstream leg too; end the sleeping backend rather than wait.
+    pg_server.psql("select pg_terminate_backend(pid) from pg_stat_activity "
+                   f"where query like '%/* {marker} */%' and pid <> pg_backend_pid()")
+
+
 # -- pgbench -------------------------------------------------------------------------------
 
 
-def _pgbench(gateway: GatewayHarness, *args: str, timeout: float = 120
-             ) -> subprocess.CompletedProcess[str]:
+def _pgbench(gateway: GatewayHarness, *args: str, timeout: float = 120,
+             sslmode: str = "disable") -> subprocess.CompletedProcess[str]:
     env = {**_env(gateway.token()), "PGHOST": gateway.host, "PGPORT": str(gateway.port),
-           "PGUSER": "ci-test", "PGSSLMODE": "disable", "PGCONNECT_TIMEOUT": "10"}
+           "PGUSER": "ci-test", "PGSSLMODE": sslmode, "PGCONNECT_TIMEOUT": "10"}
     return subprocess.run(["pgbench", *args, "test-db"], env=env, capture_output=True,
                           text=True, timeout=timeout)
 
@@ -320,10 +366,14 @@ def test_pgbench_init(pgbench_db: None, pg_server: PgServer) -> None:
     assert _server(pg_server, "select count(*) from pgbench_tellers") == ["10"]
 
 
-@pytest.mark.parametrize("mode", ["simple", "extended", "prepared"])
-def test_pgbench_select_only(gateway: GatewayHarness, pgbench_db: None, mode: str) -> None:
+@pytest.mark.parametrize(("mode", "sslmode", "seconds"), [
+    ("simple", "disable", "3"), ("extended", "disable", "3"), ("prepared", "disable", "3"),
+    ("prepared", "require", "2")])
+def test_pgbench_select_only(gateway: GatewayHarness, pgbench_db: None, mode: str,
+                             sslmode: str, seconds: str) -> None:
     started = datetime.now(UTC) - timedelta(seconds=1)
-    proc = _pgbench(gateway, "-S", "-T", "3", "-c", "4", "-j", "2", "-M", mode, "-n")
+    proc = _pgbench(gateway, "-S", "-T", seconds, "-c", "4", "-j", "2", "-M", mode, "-n",
+                    sslmode=sslmode)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     done = re.search(r"number of transactions actually processed: (\d+)", proc.stdout)
     assert done, proc.stdout

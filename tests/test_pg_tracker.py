@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import pytest
 
 from pathwarden.protocols.postgres import messages as m
+from pathwarden.protocols.postgres.errors import RemoteProtocolError
 from pathwarden.protocols.postgres.tracker import ResponseTracker, Tracked, Unit
 
 Q, P, B, D, E, C, S, F = (Unit.QUERY, Unit.PARSE, Unit.BIND, Unit.DESCRIBE, Unit.EXECUTE,
@@ -53,8 +54,10 @@ class Scenario:
 
 
 def run(
-    requests: list[tuple[Unit, str | None]], responses: list[m.Message],
+    requests: list[tuple[Unit, str | None]], responses: list[m.Message], *,
+    undecoded: bool = False,
 ) -> tuple[ResponseTracker, dict[str, Tracked], list[str]]:
+    """Expect ``requests`` then attribute ``responses``, as messages or as raw frames."""
     tracker = ResponseTracker()
     tracked: dict[str, Tracked] = {}
     for seq, (unit, label) in enumerate(requests):
@@ -64,7 +67,11 @@ def run(
         tracker.expect(unit, t)
     completed: list[str] = []
     for msg in responses:
-        completed += [t.text for t in tracker.on_backend(msg)]
+        if undecoded:
+            done = tracker.on_frame(ord(msg.TYPE), memoryview(msg.encode())[5:])
+        else:
+            done = tracker.on_backend(msg)
+        completed += [t.text for t in done]
     return tracker, tracked, completed
 
 
@@ -221,8 +228,10 @@ SCENARIOS = [
 ]
 
 
-def _check(scenario: Scenario, responses: list[m.Message]) -> ResponseTracker:
-    tracker, tracked, completed = run(scenario.requests, responses)
+def _check(
+    scenario: Scenario, responses: list[m.Message], *, undecoded: bool = False,
+) -> ResponseTracker:
+    tracker, tracked, completed = run(scenario.requests, responses, undecoded=undecoded)
     assert completed == (scenario.order or list(scenario.outcomes))
     for label, want in scenario.outcomes.items():
         t = tracked[label]
@@ -238,6 +247,25 @@ def _check(scenario: Scenario, responses: list[m.Message]) -> ResponseTracker:
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
 def test_responses_are_attributed_to_the_requests_that_caused_them(scenario: Scenario) -> None:
     _check(scenario, scenario.responses)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
+def test_undecoded_frames_are_attributed_like_decoded_messages(scenario: Scenario) -> None:
+    _check(scenario, scenario.responses, undecoded=True)
+
+
+def test_malformed_command_complete_frame_is_a_protocol_error() -> None:
+    tracker = ResponseTracker()
+    tracker.expect(Q, Tracked(1, "query", "q"))
+    with pytest.raises(RemoteProtocolError):
+        tracker.on_frame(ord("C"), b"SELECT 1")
+
+
+def test_malformed_error_response_frame_is_a_protocol_error() -> None:
+    tracker = ResponseTracker()
+    tracker.expect(Q, Tracked(1, "query", "q"))
+    with pytest.raises(RemoteProtocolError):
+        tracker.on_frame(ord("E"), b"SERROR\x00")
 
 
 ASYNC = [
@@ -331,7 +359,6 @@ def test_ready_for_query_reports_units_that_never_got_an_answer_as_skipped() -> 
     assert not tracked["s"].skipped
 
 
-@pytest.mark.xfail(strict=True, reason="see bug note /tmp/pw-bugs/core-2.md")
 def test_a_tag_ending_in_a_non_ascii_digit_does_not_crash_the_tracker() -> None:
     _, tracked, _ = run([(Q, "q")], [RD, ROW, cc("SELECT ²"), RFQ])
     assert tracked["q"].rows == 1

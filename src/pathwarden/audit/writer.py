@@ -43,6 +43,7 @@ class AuditWriter:
         self._sessions: dict[str, SessionRecord] = {}
         self._statements: list[StatementRecord] = []
         self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.dropped = 0
@@ -73,7 +74,15 @@ class AuditWriter:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="audit-writer")
 
     async def flush(self) -> None:
-        """Write everything queued so far (raises if the store fails)."""
+        """Write everything queued so far (raises if the store fails).
+
+        Flushes are serialised: two concurrent batches could commit out of
+        order and let an older session row overwrite its end.
+        """
+        async with self._lock:
+            await self._flush_locked()
+
+    async def _flush_locked(self) -> None:
         while self._sessions or self._statements:
             sessions = list(self._sessions.values())
             self._sessions = {}

@@ -137,6 +137,13 @@ class PostgresListener:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             await asyncio.wait_for(self._handshake(leg), timeout=HANDSHAKE_TIMEOUT)
+        except asyncio.CancelledError:
+            # The gateway is stopping: tell a client still logging in, then close.
+            leg.write(m.ErrorResponse.build(
+                "57P01", "pathwarden: the gateway is shutting down; reconnect to continue",
+                severity="FATAL").encode())
+            leg.close()
+            raise
         except TimeoutError:
             log.warning("client %s: handshake timed out", leg.peer())
             leg.abort()

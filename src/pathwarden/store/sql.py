@@ -23,8 +23,10 @@ its parameters), with the URL's password masked.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,6 +63,7 @@ _MIGRATION_LOCK_KEY = 0x7061_7468_7764  # "pathwd"
 _BEGIN_OPTION = "pathwarden_sqlite_begin"
 _CONNECT_TIMEOUT_S = 10
 _AMBIGUITY_SHOWN = 5
+_WAL_RETRY_S = 10.0
 
 
 def store_url_for(config: GatewayConfig) -> str:
@@ -164,7 +167,8 @@ def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA busy_timeout = 5000")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        # journal_mode is not set here: it is a property of the file, set once
+        # by SqlStore._enable_wal, and switching it ignores busy_timeout.
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.execute("PRAGMA foreign_keys = ON")
     finally:
@@ -198,12 +202,33 @@ class SqlStore:
     async def migrate(self) -> None:
         """Bring the schema to the newest revision (idempotent; done by open_store)."""
         with self._errors("migrating the schema", opening=True):
-            async with self._engine.begin() as conn:
+            if self._target.is_sqlite:
+                await self._enable_wal()
+            async with self._writer.begin() as conn:
                 if not self._target.is_sqlite:
                     await conn.execute(
-                        text("SELECT :key"), {"key": _MIGRATION_LOCK_KEY}
+                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
                     )
                 await conn.run_sync(_upgrade_to_head)
+
+    async def _enable_wal(self) -> None:
+        # Switching to WAL needs a moment alone with the file and fails at once
+        # with "database is locked" (no busy wait) when processes open a new
+        # store together; retry briefly. Runs on the driver connection because
+        # the mode cannot change inside the transaction SQLAlchemy would begin.
+        deadline = asyncio.get_running_loop().time() + _WAL_RETRY_S
+        async with self._engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            assert driver is not None
+            while True:
+                try:
+                    cursor = await driver.execute("PRAGMA journal_mode = WAL")
+                    await cursor.close()
+                    return
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or asyncio.get_running_loop().time() > deadline:
+                        raise StoreError(f"cannot open {self.display}: {exc}") from None
+                await asyncio.sleep(0.02)
 
     # -- tokens ---------------------------------------------------------------
 
@@ -283,7 +308,12 @@ class SqlStore:
         stmt = insert.on_conflict_do_update(
             index_elements=[sessions.c.id],
             set_={
-                column.name: insert.excluded[column.name]
+                column.name: (
+                    # A session's end, once stored, is never undone by a stale row.
+                    func.coalesce(insert.excluded[column.name], column)
+                    if column.name in ("ended_at", "end_reason")
+                    else insert.excluded[column.name]
+                )
                 for column in sessions.columns
                 if not column.primary_key
             },

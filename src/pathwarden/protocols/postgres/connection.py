@@ -105,6 +105,7 @@ class _Framer:
 
     _PHASES: dict[Phase, frozenset[type[m.Message]]] = {}
     _TABLE: dict[int, type[m.Message]] = {}
+    _SIDE = ""
 
     def __init__(self, max_message_size: int, phase: Phase) -> None:
         self._buf = bytearray()
@@ -153,6 +154,9 @@ class _Framer:
         if len(buf) - pos < 5:
             return None
         t = buf[pos]
+        if t not in self._allowed_types:
+            # Refuse on the header, before buffering a body that will be refused anyway.
+            raise self._bad_type(t, self._SIDE)
         (length,) = _U32.unpack_from(buf, pos + 1)
         if length < 4:
             raise self._fail(RemoteProtocolError(f"invalid message length {length}"))
@@ -195,6 +199,7 @@ class ServerConnection(_Framer):
 
     _PHASES = FRONTEND_PHASES
     _TABLE = m.FRONTEND_TYPES
+    _SIDE = "frontend"
 
     def __init__(self, max_message_size: int = DEFAULT_MAX_FRONTEND_MESSAGE) -> None:
         super().__init__(max_message_size, Phase.STARTUP)
@@ -242,10 +247,11 @@ class ServerConnection(_Framer):
             raise LocalProtocolError(f"{type(msg).__name__} is not a backend message")
         if self.phase in (Phase.CLOSED, Phase.ERROR) and not isinstance(msg, m.ErrorResponse):
             raise LocalProtocolError(f"cannot send {type(msg).__name__}: connection closed")
+        data = _encode(msg)
         nxt = self._next.get(type(msg))
         if nxt is not None:
             self.phase = nxt
-        return m.frame_of(msg)
+        return data
 
 
 class ClientConnection(_Framer):
@@ -253,6 +259,7 @@ class ClientConnection(_Framer):
 
     _PHASES = BACKEND_PHASES
     _TABLE = m.BACKEND_TYPES
+    _SIDE = "backend"
 
     def __init__(self, max_message_size: int = DEFAULT_MAX_BACKEND_MESSAGE) -> None:
         super().__init__(max_message_size, Phase.AUTHENTICATING)
@@ -286,11 +293,10 @@ class ClientConnection(_Framer):
         unpack = _U32.unpack_from
         while n - pos >= 5:
             t = buf[pos]
-            if t not in allowed:
-                self._pos = pos
-                raise self._bad_type(t, "backend")
             (length,) = unpack(buf, pos + 1)
-            if length < 4 or length + 1 > limit:
+            if t not in allowed or length < 4 or length + 1 > limit:
+                if starts:
+                    break  # hand out the good frames first; the next call raises
                 self._pos = pos
                 self._typed_frame()  # raises the precise error
             end = pos + 1 + length
@@ -311,14 +317,22 @@ class ClientConnection(_Framer):
     def send(self, msg: m.Message | m.StartupPacket) -> bytes:
         """Bytes for a frontend message we send upstream."""
         if isinstance(msg, m.StartupPacket):
-            return m.frame_of(msg)
+            return _encode(msg)
         if type(msg) not in m.FRONTEND_TYPES.values():
             raise LocalProtocolError(f"{type(msg).__name__} is not a frontend message")
         if self.phase is Phase.CLOSED:
             raise LocalProtocolError(f"cannot send {type(msg).__name__}: connection closed")
+        data = _encode(msg)
         if isinstance(msg, m.Terminate):
             self.phase = Phase.CLOSED
+        return data
+
+
+def _encode(msg: m.Message | m.StartupPacket) -> bytes:
+    try:
         return m.frame_of(msg)
+    except (ValueError, struct.error, OverflowError) as exc:
+        raise LocalProtocolError(f"cannot encode {type(msg).__name__}: {exc}") from None
 
 
 def is_need_data(ev: object) -> bool:

@@ -27,6 +27,7 @@ from .errors import RemoteProtocolError
 _I32 = struct.Struct("!i")
 _U32 = struct.Struct("!I")
 _I16 = struct.Struct("!h")
+_U16 = struct.Struct("!H")
 _HDR = struct.Struct("!cI")
 
 SSL_REQUEST_CODE = 80877103
@@ -98,8 +99,10 @@ class _Reader:
         return bytes(v)
 
     def count(self, item_size: int) -> int:
-        n = self.int16()
-        if n < 0 or n * item_size > len(self.buf) - self.pos:
+        # Counts are unsigned on the wire: the server reads them with
+        # pq_getmsgint(msg, 2), so up to 65535 parameters are legal.
+        n = self.int16() & 0xFFFF
+        if n * item_size > len(self.buf) - self.pos:
             raise self._fail(f"count {n} exceeds message size")
         return n
 
@@ -267,7 +270,7 @@ class Parse(Message):
 
     def payload(self) -> bytes:
         types = b"".join(_U32.pack(t) for t in self.param_types)
-        return _cstr(self.name) + _cstr(self.query) + _I16.pack(len(self.param_types)) + types
+        return _cstr(self.name) + _cstr(self.query) + _U16.pack(len(self.param_types)) + types
 
     @classmethod
     def decode(cls, payload: bytes, raw: bytes = b"") -> Self:
@@ -290,16 +293,16 @@ class Bind(Message):
     result_formats: tuple[int, ...] = ()
 
     def payload(self) -> bytes:
-        out = [_cstr(self.portal), _cstr(self.statement), _I16.pack(len(self.param_formats))]
+        out = [_cstr(self.portal), _cstr(self.statement), _U16.pack(len(self.param_formats))]
         out.extend(_I16.pack(f) for f in self.param_formats)
-        out.append(_I16.pack(len(self.params)))
+        out.append(_U16.pack(len(self.params)))
         for p in self.params:
             if p is None:
                 out.append(_I32.pack(-1))
             else:
                 out.append(_I32.pack(len(p)))
                 out.append(p)
-        out.append(_I16.pack(len(self.result_formats)))
+        out.append(_U16.pack(len(self.result_formats)))
         out.extend(_I16.pack(f) for f in self.result_formats)
         return b"".join(out)
 
@@ -460,9 +463,9 @@ class FunctionCall(Message):
     result_format: int = 0
 
     def payload(self) -> bytes:
-        out = [_U32.pack(self.function_oid), _I16.pack(len(self.arg_formats))]
+        out = [_U32.pack(self.function_oid), _U16.pack(len(self.arg_formats))]
         out.extend(_I16.pack(f) for f in self.arg_formats)
-        out.append(_I16.pack(len(self.args)))
+        out.append(_U16.pack(len(self.args)))
         for a in self.args:
             out.append(_I32.pack(-1) if a is None else _I32.pack(len(a)) + a)
         out.append(_I16.pack(self.result_format))
@@ -610,7 +613,7 @@ class RowDescription(Message):
     fields: tuple[FieldDescription, ...] = ()
 
     def payload(self) -> bytes:
-        out = [_I16.pack(len(self.fields))]
+        out = [_U16.pack(len(self.fields))]
         for f in self.fields:
             out.append(_cstr(f.name))
             out.append(struct.pack("!IhIhih", f.table_oid, f.column, f.type_oid,
@@ -648,7 +651,7 @@ class DataRow(Message):
 
     @classmethod
     def from_values(cls, values: list[bytes | None]) -> DataRow:
-        out = [_I16.pack(len(values))]
+        out = [_U16.pack(len(values))]
         for v in values:
             out.append(_I32.pack(-1) if v is None else _I32.pack(len(v)) + v)
         return DataRow(data=b"".join(out))
@@ -686,7 +689,7 @@ class CommandComplete(Message):
     def rows(self) -> int | None:
         """Row count carried by the tag (SELECT 5, INSERT 0 5, UPDATE 3 ...), if any."""
         head, _, last = self.tag.rpartition(" ")
-        if head and last.isdigit():
+        if head and last.isascii() and last.isdigit():
             return int(last)
         return None
 
@@ -813,7 +816,7 @@ class ParameterDescription(Message):
     type_oids: tuple[int, ...] = ()
 
     def payload(self) -> bytes:
-        return _I16.pack(len(self.type_oids)) + b"".join(_U32.pack(o) for o in self.type_oids)
+        return _U16.pack(len(self.type_oids)) + b"".join(_U32.pack(o) for o in self.type_oids)
 
     @classmethod
     def decode(cls, payload: bytes, raw: bytes = b"") -> Self:
@@ -832,7 +835,7 @@ class _CopyResponse(Message):
     column_formats: tuple[int, ...] = ()
 
     def payload(self) -> bytes:
-        return (bytes([self.format]) + _I16.pack(len(self.column_formats))
+        return (bytes([self.format]) + _U16.pack(len(self.column_formats))
                 + b"".join(_I16.pack(f) for f in self.column_formats))
 
     @classmethod
