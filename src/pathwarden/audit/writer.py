@@ -103,24 +103,22 @@ class AuditWriter:
 
     async def _run(self) -> None:
         backoff = self._interval
-        while True:
+        while not self._closing:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
             self._wake.clear()
             try:
                 await self.flush()
                 backoff = self._interval
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:
                 self.failures += 1
                 log.error("audit store write failed (%s); %d statements queued, retrying in %.1fs",
                           exc, len(self._statements), backoff)
                 self._trim()
-                await asyncio.sleep(backoff)
+                # Sleep, but wake early for close().
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=backoff)
                 backoff = min(backoff * 2, 10.0)
-            if self._closing:
-                return
 
     def _trim(self) -> None:
         excess = len(self._statements) - self._max_backlog
@@ -133,10 +131,16 @@ class AuditWriter:
     async def close(self) -> None:
         """Stop the background task and write what is left."""
         self._closing = True
+        self._wake.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Let a batch in progress commit: cancelling it mid-transaction would
+            # leave the store locked for the final flush below.
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout=30)
+            except (TimeoutError, Exception):
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._task
             self._task = None
         try:
             await self.flush()

@@ -27,16 +27,15 @@ import asyncio
 import contextlib
 import os
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.util.exc import CommandError
-from sqlalchemy import Connection, Row, event, func, select, text
+from sqlalchemy import Connection, event, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, make_url
@@ -45,13 +44,21 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
 from pathwarden.config import GatewayConfig
-from pathwarden.model import Protocol, SessionRecord, StatementRecord, Verdict
+from pathwarden.model import SessionRecord, StatementRecord
 from pathwarden.store.base import (
     MIN_PREFIX,
     AmbiguousPrefix,
     NotFound,
     StoreError,
     TokenRecord,
+)
+from pathwarden.store.rows import (
+    session_record,
+    session_row,
+    statement_record,
+    statement_row,
+    token_record,
+    token_row,
 )
 from pathwarden.store.tables import sessions, statements, tokens
 
@@ -235,7 +242,7 @@ class SqlStore:
     async def record_token(self, rec: TokenRecord) -> None:
         with self._errors(f"recording token {rec.token_ref}"):
             async with self._writer.begin() as conn:
-                await conn.execute(tokens.insert().values(**_token_row(rec)))
+                await conn.execute(tokens.insert().values(**token_row(rec)))
 
     async def token_status(self, token_ref: str) -> TokenRecord | None:
         with self._errors(f"looking up token {token_ref}"):
@@ -243,7 +250,7 @@ class SqlStore:
                 row = (
                     await conn.execute(select(tokens).where(tokens.c.token_ref == token_ref))
                 ).first()
-        return _token_record(row) if row is not None else None
+        return token_record(row) if row is not None else None
 
     async def list_tokens(
         self, identity: str | None = None, include_expired: bool = False
@@ -256,7 +263,7 @@ class SqlStore:
         with self._errors("listing tokens"):
             async with self._engine.connect() as conn:
                 rows = (await conn.execute(query)).all()
-        return [_token_record(row) for row in rows]
+        return [token_record(row) for row in rows]
 
     async def revoke_token(self, ref_prefix: str, reason: str | None) -> TokenRecord:
         prefix = ref_prefix.strip().lower()
@@ -276,7 +283,7 @@ class SqlStore:
                     )
                 ).all()
                 _require_unique("token", prefix, [row.token_ref for row in rows])
-                record = _token_record(rows[0])
+                record = token_record(rows[0])
                 if record.revoked:
                     return record
                 revoked_at = datetime.now(UTC)
@@ -303,7 +310,7 @@ class SqlStore:
             return
         # One multi-row INSERT .. ON CONFLICT may not touch a row twice
         # (PostgreSQL raises CardinalityViolation), so keep the last per id.
-        latest = {record.id: _session_row(record) for record in records}
+        latest = {record.id: session_row(record) for record in records}
         insert = pg_insert(sessions) if not self._target.is_sqlite else sqlite_insert(sessions)
         stmt = insert.on_conflict_do_update(
             index_elements=[sessions.c.id],
@@ -332,7 +339,7 @@ class SqlStore:
         hint = "; statements can be stored only after their session (upsert_sessions first)"
         with self._errors(f"storing {len(records)} statement(s)", integrity_hint=hint):
             async with self._writer.begin() as conn:
-                await conn.execute(stmt, [_statement_row(record) for record in records])
+                await conn.execute(stmt, [statement_row(record) for record in records])
 
     async def list_sessions(
         self,
@@ -358,7 +365,7 @@ class SqlStore:
         with self._errors("listing sessions"):
             async with self._engine.connect() as conn:
                 rows = (await conn.execute(query)).all()
-        return [_session_record(row) for row in rows]
+        return [session_record(row) for row in rows]
 
     async def statement_counts(self, session_ids: Sequence[str]) -> dict[str, int]:
         counts = dict.fromkeys(session_ids, 0)
@@ -383,7 +390,7 @@ class SqlStore:
                     await conn.execute(select(sessions).where(sessions.c.id == id_or_prefix))
                 ).first()
                 if row is not None:
-                    return _session_record(row)
+                    return session_record(row)
                 if len(id_or_prefix) < MIN_PREFIX:
                     return None
                 rows = (
@@ -397,7 +404,7 @@ class SqlStore:
         if not rows:
             return None
         _require_unique("session", id_or_prefix, [row.id for row in rows])
-        return _session_record(rows[0])
+        return session_record(rows[0])
 
     async def list_statements(self, session_id: str) -> list[StatementRecord]:
         query = (
@@ -408,7 +415,7 @@ class SqlStore:
         with self._errors(f"listing statements of session {session_id}"):
             async with self._engine.connect() as conn:
                 rows = (await conn.execute(query)).all()
-        return [_statement_record(row) for row in rows]
+        return [statement_record(row) for row in rows]
 
     # -- error mapping --------------------------------------------------------
 
@@ -471,111 +478,3 @@ def _require_unique(kind: str, prefix: str, matches: Sequence[str]) -> None:
         raise AmbiguousPrefix(
             f"{kind} id prefix {prefix!r} matches several: {shown}{more}; give more characters"
         )
-
-
-# -- row mapping ---------------------------------------------------------------
-
-
-def _token_row(rec: TokenRecord) -> dict[str, Any]:
-    return {
-        "token_ref": rec.token_ref,
-        "identity": rec.identity,
-        "issued_at": rec.issued_at,
-        "expires_at": rec.expires_at,
-        "connections": list(rec.connections) if rec.connections is not None else None,
-        "claims": dict(rec.claims),
-        "revoked_at": rec.revoked_at,
-        "revoked_reason": rec.revoked_reason,
-    }
-
-
-def _token_record(row: Row[Any]) -> TokenRecord:
-    m = row._mapping
-    return TokenRecord(
-        token_ref=m["token_ref"],
-        identity=m["identity"],
-        issued_at=m["issued_at"],
-        expires_at=m["expires_at"],
-        connections=tuple(m["connections"]) if m["connections"] is not None else None,
-        claims=MappingProxyType(dict(m["claims"] or {})),
-        revoked_at=m["revoked_at"],
-        revoked_reason=m["revoked_reason"],
-    )
-
-
-def _session_row(rec: SessionRecord) -> dict[str, Any]:
-    return {
-        "id": rec.id,
-        "protocol": str(rec.protocol),
-        "identity": rec.identity,
-        "token_ref": rec.token_ref,
-        "client_addr": rec.client_addr,
-        "connection": rec.connection,
-        "started_at": rec.started_at,
-        "ended_at": rec.ended_at,
-        "bytes_from_client": rec.bytes_from_client,
-        "bytes_to_client": rec.bytes_to_client,
-        "end_reason": rec.end_reason,
-        "claims": dict(rec.claims),
-    }
-
-
-def _session_record(row: Row[Any]) -> SessionRecord:
-    m = row._mapping
-    return SessionRecord(
-        id=m["id"],
-        protocol=Protocol(m["protocol"]),
-        identity=m["identity"],
-        token_ref=m["token_ref"],
-        client_addr=m["client_addr"],
-        connection=m["connection"],
-        started_at=m["started_at"],
-        ended_at=m["ended_at"],
-        bytes_from_client=m["bytes_from_client"],
-        bytes_to_client=m["bytes_to_client"],
-        end_reason=m["end_reason"],
-        claims=_str_mapping(m["claims"]),
-    )
-
-
-def _statement_row(rec: StatementRecord) -> dict[str, Any]:
-    return {
-        "session_id": rec.session_id,
-        "seq": rec.seq,
-        "kind": rec.kind,
-        "text": rec.text,
-        "params": list(rec.params),
-        "verdict": str(rec.verdict),
-        "reason": rec.reason,
-        "policy": rec.policy,
-        "action": rec.action,
-        "started_at": rec.started_at,
-        "duration_ms": rec.duration_ms,
-        "command_tag": rec.command_tag,
-        "rows": rec.rows,
-        "error": rec.error,
-    }
-
-
-def _statement_record(row: Row[Any]) -> StatementRecord:
-    m = row._mapping
-    return StatementRecord(
-        session_id=m["session_id"],
-        seq=m["seq"],
-        kind=m["kind"],
-        text=m["text"],
-        params=tuple(m["params"] or ()),
-        verdict=Verdict(m["verdict"]),
-        reason=m["reason"],
-        started_at=m["started_at"],
-        duration_ms=m["duration_ms"],
-        command_tag=m["command_tag"],
-        rows=m["rows"],
-        error=m["error"],
-        policy=m["policy"],
-        action=m["action"],
-    )
-
-
-def _str_mapping(value: Mapping[str, str] | None) -> dict[str, str]:
-    return dict(value or {})
