@@ -7,7 +7,9 @@ migration.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from datetime import UTC
 from types import MappingProxyType
 from typing import Any
 
@@ -15,6 +17,7 @@ from sqlalchemy import Row
 
 from pathwarden.model import Protocol, SessionRecord, StatementRecord, Verdict
 from pathwarden.store.base import TokenRecord
+from pathwarden.store.tables import _SQLITE_FORMAT as SQLITE_TIME_FORMAT
 
 __all__ = [
     "session_record",
@@ -85,6 +88,37 @@ def session_record(row: Row[Any]) -> SessionRecord:
         bytes_to_client=m["bytes_to_client"],
         end_reason=m["end_reason"],
         claims=_str_mapping(m["claims"]),
+    )
+
+
+STATEMENT_COLUMNS = (
+    "session_id", "seq", "kind", "text", "params", "verdict", "reason", "policy", "action",
+    "started_at", "duration_ms", "command_tag", "rows", "error",
+)
+# Built from the fixed column names above; no input reaches these strings.
+INSERT_STATEMENTS_SQLITE = (
+    f"INSERT INTO statements ({', '.join(STATEMENT_COLUMNS)}) "  # noqa: S608
+    f"VALUES ({', '.join('?' for _ in STATEMENT_COLUMNS)}) "
+    "ON CONFLICT (session_id, seq) DO NOTHING"
+)
+INSERT_STATEMENTS_PG = (
+    f"INSERT INTO statements ({', '.join(STATEMENT_COLUMNS)}) "  # noqa: S608
+    f"VALUES ({', '.join('%s::json' if c == 'params' else '%s' for c in STATEMENT_COLUMNS)}) "
+    "ON CONFLICT (session_id, seq) DO NOTHING"
+)
+
+
+def statement_tuple(rec: StatementRecord, sqlite: bool) -> tuple[Any, ...]:
+    """One statement as driver parameters in ``STATEMENT_COLUMNS`` order (the fast path)."""
+    started = rec.started_at
+    if started.tzinfo is None:
+        raise ValueError(f"naive datetime {started.isoformat()} given to the store")
+    started = started.astimezone(UTC)
+    return (
+        rec.session_id, rec.seq, rec.kind, rec.text, json.dumps(list(rec.params)),
+        str(rec.verdict), rec.reason, rec.policy, rec.action,
+        started.strftime(SQLITE_TIME_FORMAT) if sqlite else started,
+        rec.duration_ms, rec.command_tag, rec.rows, rec.error,
     )
 
 

@@ -53,10 +53,12 @@ from pathwarden.store.base import (
     TokenRecord,
 )
 from pathwarden.store.rows import (
+    INSERT_STATEMENTS_PG,
+    INSERT_STATEMENTS_SQLITE,
     session_record,
     session_row,
     statement_record,
-    statement_row,
+    statement_tuple,
     token_record,
     token_row,
 )
@@ -332,14 +334,15 @@ class SqlStore:
     async def insert_statements(self, records: Sequence[StatementRecord]) -> None:
         if not records:
             return
-        insert = pg_insert(statements) if not self._target.is_sqlite else sqlite_insert(statements)
-        stmt = insert.on_conflict_do_nothing(
-            index_elements=[statements.c.session_id, statements.c.seq]
-        )
+        # The audit hot path: one driver-level executemany per batch. SQLAlchemy's
+        # per-row parameter processing cost ~15 us a row; these tuples ~2 us.
+        sqlite = self._target.is_sqlite
+        sql = INSERT_STATEMENTS_SQLITE if sqlite else INSERT_STATEMENTS_PG
+        rows = [statement_tuple(record, sqlite) for record in records]
         hint = "; statements can be stored only after their session (upsert_sessions first)"
         with self._errors(f"storing {len(records)} statement(s)", integrity_hint=hint):
             async with self._writer.begin() as conn:
-                await conn.execute(stmt, [statement_row(record) for record in records])
+                await conn.exec_driver_sql(sql, rows)
 
     async def list_sessions(
         self,
