@@ -42,6 +42,7 @@ from ..protocols.postgres import messages as m
 from ..protocols.postgres.connection import NEED_DATA, ClientConnection, ServerConnection
 from ..protocols.postgres.errors import ProtocolError
 from ..protocols.postgres.tracker import ResponseTracker, Tracked, Unit
+from ..protocols.postgres.values import render_binary
 from .pg_upstream import UpstreamTarget, send_cancel
 from .pipeline import Pipeline
 from .stream import Leg
@@ -56,6 +57,7 @@ _MAX_AUDIT_TEXT = 64 * 1024
 _DATA_ROW = ord(m.DataRow.TYPE)
 _ERROR = ord(m.ErrorResponse.TYPE)
 _PARAMETER_STATUS = ord(m.ParameterStatus.TYPE)
+_PARAMETER_DESCRIPTION = ord(m.ParameterDescription.TYPE)
 
 
 @dataclass(slots=True)
@@ -63,15 +65,16 @@ class _Prepared:
     text: str
     op: Operation
     decision: Decision
+    param_types: tuple[int, ...] = ()
 
 
-def _render_param(value: bytes | None, fmt: int) -> str | None:
+def _render_param(value: bytes | None, fmt: int, type_oid: int) -> str | None:
     if value is None:
         return None
     if fmt == 0:
         text = value[:_MAX_AUDIT_PARAM].decode("utf-8", "replace")
     else:
-        text = "\\x" + value[: _MAX_AUDIT_PARAM // 2].hex()
+        text = render_binary(type_oid, value[:_MAX_AUDIT_PARAM])
     if len(value) > _MAX_AUDIT_PARAM:
         text += f"... ({len(value)} bytes)"
     return text
@@ -212,7 +215,11 @@ class PgSession:
             self.tracker.expect(Unit.SYNC)
         elif cls is m.Describe:
             out.append(ev.raw)
-            self.tracker.expect(Unit.DESCRIBE)
+            assert isinstance(ev, m.Describe)
+            # A statement's ParameterDescription tells the types of its binary
+            # parameters (asyncpg Parses without types): keep it for the audit.
+            self.tracker.expect(Unit.DESCRIBE, Tracked(0, "describe", ev.name)
+                                if ev.kind == "S" else None)
         elif cls is m.Close:
             self._close(ev, out)  # type: ignore[arg-type]
         elif cls is m.FunctionCall:
@@ -273,7 +280,7 @@ class PgSession:
         elif cls is m.Parse:
             assert isinstance(ev, m.Parse)
             tracked.extra = {"name": ev.name, "previous": self._statements.get(ev.name)}
-            self._statements[ev.name] = _Prepared(ev.query, op, decision)
+            self._statements[ev.name] = _Prepared(ev.query, op, decision, ev.param_types)
             out.append(ev.raw if allowed else m.Parse(name=ev.name, query=_DENIED_SQL).encode())
             self.tracker.expect(Unit.PARSE, tracked)
         else:  # FunctionCall
@@ -294,7 +301,12 @@ class PgSession:
         )
 
     def _bind(self, ev: m.Bind, out: list[bytes]) -> None:
-        params = tuple(_render_param(v, ev.param_format(i)) for i, v in enumerate(ev.params))
+        prepared = self._statements.get(ev.statement)
+        types = prepared.param_types if prepared is not None else ()
+        params = tuple(
+            _render_param(v, ev.param_format(i), types[i] if i < len(types) else 0)
+            for i, v in enumerate(ev.params)
+        )
         self._portals[ev.portal] = (ev.statement, params)
         out.append(ev.raw)
         self.tracker.expect(Unit.BIND)
@@ -365,6 +377,13 @@ class PgSession:
             elif t == _PARAMETER_STATUS:
                 ps = m.ParameterStatus.decode(bytes(view[s + 5 : e]))
                 self.server_parameters[ps.name] = ps.value
+            elif t == _PARAMETER_DESCRIPTION:
+                head = tracker.head()
+                if head is not None and head.kind == "describe":
+                    prepared = self._statements.get(head.text)
+                    if prepared is not None:
+                        desc = m.ParameterDescription.decode(bytes(view[s + 5 : e]))
+                        prepared.param_types = desc.type_oids
             done = tracker.on_frame(t, view[s + 5 : e])
             for tracked in done:
                 self._completed(tracked)
@@ -386,6 +405,8 @@ class PgSession:
             self.client.write(data)
 
     def _completed(self, t: Tracked) -> None:
+        if t.kind == "describe":
+            return
         start, started_at, op, decision = t.context
         if t.kind == "parse" and t.extra is not None:
             name = t.extra["name"]
