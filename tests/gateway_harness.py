@@ -66,7 +66,7 @@ class GatewayHarness:
         self.gateway: Gateway = self.call(self._start())
 
     async def _start(self) -> Gateway:
-        gw = await open_gateway(self.config)
+        gw = await open_gateway(self.config, self.config_path)
         await gw.start()
         return gw
 

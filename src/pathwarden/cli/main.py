@@ -102,7 +102,7 @@ def serve(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     cfg = _load(config)
     _setup_logging(cfg.log_level)
     try:
-        run_gateway(cfg)
+        run_gateway(cfg, config)
     except StoreError as exc:
         raise _fail(str(exc)) from None
     except OSError as exc:

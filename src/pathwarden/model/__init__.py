@@ -59,6 +59,31 @@ class ConnectionRef:
 
 
 @dataclass(frozen=True, slots=True)
+class Action:
+    """One classified unit of an operation: a SQL statement, one command of a shell program.
+
+    ``action`` is the coarse class policies allow or deny (``read``, ``write``,
+    ``ddl``, ``privilege`` ...), ``kind`` the precise one (``select``,
+    ``delete``, ``drop_schema``, ``set_role`` ...). ``objects`` names what the
+    action touches, by sort: ``{"tables": ("public.users",), "functions":
+    ("pg_terminate_backend",)}``. ``flags`` carry facts rules can test
+    (``without_where``, ``for_update``, ``temp`` ...).
+    """
+
+    action: str
+    kind: str
+    objects: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: _EMPTY_OBJECTS)
+    flags: frozenset[str] = frozenset()
+    text: str = ""
+
+    def names(self, sort: str) -> tuple[str, ...]:
+        return self.objects.get(sort, ())
+
+
+_EMPTY_OBJECTS: Mapping[str, tuple[str, ...]] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
 class Operation:
     """One request a client made, in protocol-agnostic form.
 
@@ -79,6 +104,10 @@ class Operation:
     action: str = "unknown"
     resources: tuple[str, ...] = ()
     params: tuple[str | None, ...] = ()
+    # Filled by the protocol's classifier: one entry per statement or command.
+    actions: tuple[Action, ...] = ()
+    # Why the classifier could not classify ``text``; policy denies such operations.
+    unclassified: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..audit.writer import AuditWriter
-from ..config import GatewayConfig, PostgresConnection
+from ..config import ConfigError, GatewayConfig, PostgresConnection, load_config
 from ..identity import Authenticator, AuthError, TokenAuthority
 from ..model import Identity
 from ..policy.allow_all import ConnectionAllowAll
@@ -51,20 +51,20 @@ class Gateway:
 
     auth_errors: tuple[type[Exception], ...] = (AuthError,)
 
-    def __init__(self, config: GatewayConfig, store: Store, authority: TokenAuthority) -> None:
+    def __init__(self, config: GatewayConfig, store: Store, authority: TokenAuthority,
+                 config_path: Path | None = None) -> None:
         self.config = config
+        self.config_path = config_path
         self.store = store
+        self.authority = authority
         self.authenticator = Authenticator(config, authority, store)
         self.audit = AuditWriter(
             store,
             flush_interval=config.audit.flush_interval.total_seconds(),
             max_batch=config.audit.max_batch,
         )
-        self.pipeline = Pipeline(
-            PassThroughClassifier(),
-            ConnectionAllowAll({n: c.allow_all for n, c in config.connections.items()}),
-            self.audit,
-        )
+        self.pipeline = Pipeline(PassThroughClassifier(), build_authorizer(config), self.audit)
+        self._watch_task: asyncio.Task[None] | None = None
         self.targets = {n: build_target(n, c) for n, c in config.connections.items()}
         self.listeners: list[PostgresListener] = []
         self.sessions: set[PgSession] = set()
@@ -87,7 +87,71 @@ class Gateway:
             await listener.start()
             self.listeners.append(listener)
 
+    # -- configuration reload ------------------------------------------------------
+
+    def reload(self) -> bool:
+        """Re-read the configuration file and apply what can change live.
+
+        Policies, identities and connections apply to new operations and new
+        sessions at once; sessions keep running. A broken file is rejected with
+        a log line that names the problem, and the running configuration stays.
+        """
+        if self.config_path is None:
+            log.warning("reload requested but the gateway has no configuration file")
+            return False
+        try:
+            new = load_config(self.config_path)
+            authorizer = build_authorizer(new)
+            targets = {n: build_target(n, c) for n, c in new.connections.items()}
+        except ConfigError as exc:
+            log.error("configuration reload rejected; the running configuration stays:\n%s",
+                      exc)
+            return False
+        except Exception as exc:
+            log.error("configuration reload rejected (%s: %s); the running configuration "
+                      "stays", type(exc).__name__, exc)
+            return False
+        if [lc.model_dump() for lc in new.listeners] != [
+                lc.model_dump() for lc in self.config.listeners] or new.store != self.config.store:
+            log.warning("listener and store changes take effect only after a restart")
+        self.config = new
+        self.targets = targets
+        self.authenticator = Authenticator(new, self.authority, self.store)
+        self.pipeline.authorizer = authorizer  # one reference swap: no operation sees a mix
+        log.info("configuration reloaded from %s: %d connection(s), %d identities",
+                 self.config_path, len(new.connections), len(new.identities))
+        return True
+
+    def watch_config(self, interval: float = 2.0) -> None:
+        """Reload when the configuration file changes (polled; no extra dependency)."""
+        if self.config_path is None or self._watch_task is not None:
+            return
+        self._watch_task = asyncio.get_running_loop().create_task(self._watch(interval))
+
+    async def _watch(self, interval: float) -> None:
+        assert self.config_path is not None
+        path = self.config_path
+
+        def stamp() -> tuple[float, int] | None:
+            try:
+                st = path.stat()
+            except OSError:
+                return None
+            return (st.st_mtime, st.st_size)
+
+        last = stamp()
+        while True:
+            await asyncio.sleep(interval)
+            now = stamp()
+            if now is not None and now != last:
+                last = now
+                log.info("configuration file %s changed; reloading", path)
+                self.reload()
+
     async def stop(self) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            self._watch_task = None
         for listener in self.listeners:
             await listener.stop()
         for session in list(self.sessions):
@@ -134,13 +198,18 @@ class Gateway:
                         session.record.id, exc)
 
 
-async def open_gateway(config: GatewayConfig) -> Gateway:
+def build_authorizer(config: GatewayConfig) -> ConnectionAllowAll:
+    """The authorizer a configuration describes."""
+    return ConnectionAllowAll({n: c.allow_all for n, c in config.connections.items()})
+
+
+async def open_gateway(config: GatewayConfig, config_path: Path | None = None) -> Gateway:
     """Create the data directory, open the store and the token key, build a Gateway."""
     data_dir = Path(config.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # noqa: ASYNC240 - startup only
     store = await open_store(store_url_for(config))
     authority = TokenAuthority.load_or_create(data_dir)
-    return Gateway(config, store, authority)
+    return Gateway(config, store, authority, config_path)
 
 
 def _install_uvloop() -> None:
@@ -151,15 +220,18 @@ def _install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def run(config: GatewayConfig, ready: asyncio.Event | None = None) -> None:
-    """Serve until SIGINT or SIGTERM."""
-    gateway = await open_gateway(config)
+async def run(config: GatewayConfig, config_path: Path | None = None,
+              ready: asyncio.Event | None = None) -> None:
+    """Serve until SIGINT or SIGTERM; SIGHUP or a change of the file reloads it."""
+    gateway = await open_gateway(config, config_path)
     try:
         await gateway.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, gateway.reload)
+        gateway.watch_config()
         addresses = ", ".join(listener.address for listener in gateway.listeners)
         log.info("pathwarden ready: %d connection(s), listening on %s",
                  len(gateway.targets), addresses)
@@ -172,7 +244,7 @@ async def run(config: GatewayConfig, ready: asyncio.Event | None = None) -> None
         await gateway.store.close()
 
 
-def serve(config: GatewayConfig) -> None:
+def serve(config: GatewayConfig, config_path: Path | None = None) -> None:
     """Run the gateway in this process (blocking)."""
     _install_uvloop()
-    asyncio.run(run(config))
+    asyncio.run(run(config, config_path))

@@ -290,15 +290,22 @@ class PgSession:
     def _denial(self, op: Operation, decision: Decision) -> m.ErrorResponse:
         what = {"query": "statement", "parse": "statement",
                 "function_call": "function call"}.get(op.kind, op.kind)
-        by = f" (policy {decision.policy})" if decision.policy else ""
-        message = (f"pathwarden: {what} denied for identity {self.identity.name} on "
-                   f"connection {self.connection.name}{by}: {decision.reason}")
-        return m.ErrorResponse.build(
-            INSUFFICIENT_PRIVILEGE, message,
-            detail=f"statement: {op.text[:500]}",
-            hint="the statement was not executed; the denial is in the audit trail "
-                 f"(session {self.record.id}, seq {op.seq})",
-        )
+        rule = f", rule {decision.rule}" if decision.rule else ""
+        by = f" (policy {decision.policy}{rule})" if decision.policy else ""
+        audit = f"session {self.record.id}, seq {op.seq}"
+        if decision.verdict is Verdict.APPROVE:
+            # Until approvals can hold a statement, needing one means refusal.
+            message = (f"pathwarden: {what} requires approval for identity "
+                       f"{self.identity.name} on connection {self.connection.name}{by}: "
+                       f"{decision.reason}")
+            hint = ("the statement was not executed: approvals are not available on this "
+                    f"gateway yet, so it was refused ({audit})")
+        else:
+            message = (f"pathwarden: {what} denied for identity {self.identity.name} on "
+                       f"connection {self.connection.name}{by}: {decision.reason}")
+            hint = f"the statement was not executed; the denial is in the audit trail ({audit})"
+        return m.ErrorResponse.build(INSUFFICIENT_PRIVILEGE, message,
+                                     detail=f"statement: {op.text[:500]}", hint=hint)
 
     def _bind(self, ev: m.Bind, out: list[bytes]) -> None:
         prepared = self._statements.get(ev.statement)
