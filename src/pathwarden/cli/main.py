@@ -23,6 +23,7 @@ from rich.table import Table
 from .. import __version__
 from ..config import ConfigError, GatewayConfig, format_duration, load_config, parse_duration
 from ..store import Store, StoreError, open_store, store_url_for
+from .policy_cmd import policy_app
 
 T = TypeVar("T")
 
@@ -37,6 +38,7 @@ config_app = typer.Typer(no_args_is_help=True, help="Validate configuration file
 app.add_typer(token_app, name="token")
 app.add_typer(sessions_app, name="sessions")
 app.add_typer(config_app, name="config")
+app.add_typer(policy_app, name="policy")
 
 # Pipelines read this output from logs: don't squeeze tables into 80 columns there.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)

@@ -32,6 +32,7 @@ from pydantic_core import PydanticCustomError
 
 from pathwarden.config.durations import Duration, format_duration
 from pathwarden.config.secrets import Secret
+from pathwarden.policy.rules import PolicyConfig
 
 __all__ = [
     "AuditSettings",
@@ -40,7 +41,9 @@ __all__ = [
     "IdentityConfig",
     "ListenerConfig",
     "ListenerTls",
+    "PolicyConfig",
     "PostgresConnection",
+    "SqlSettings",
     "StoreConfig",
     "TokenSettings",
     "split_host_port",
@@ -185,6 +188,44 @@ class AuditSettings(_Model):
     max_batch: Annotated[int, Field(ge=1, strict=True)] = 500
 
 
+_FUNCTION_NAME = re.compile(r"[a-z_][a-z0-9_$]*(\.[a-z_][a-z0-9_$]*)?")
+
+
+def _check_function_names(values: list[str]) -> list[str]:
+    out = []
+    for index, value in enumerate(values):
+        name = value.strip().lower()
+        if not _FUNCTION_NAME.fullmatch(name):
+            raise PydanticCustomError(
+                "function_name",
+                "invalid function name '{name}': use a name like pg_terminate_backend "
+                "or schema.function",
+                {"name": value, "at": (index,)},
+            )
+        out.append(name)
+    return out
+
+
+FunctionNames = Annotated[list[str], AfterValidator(_check_function_names)]
+
+
+class SqlSettings(_Model):
+    """How SQL is classified for policy."""
+
+    # Functions whose call makes a statement a `function` action. None: the
+    # classifier's default list; a list REPLACES that default.
+    side_effect_functions: FunctionNames | None = None
+    # Added to the list above (default or replaced).
+    extra_side_effect_functions: FunctionNames = Field(default_factory=list)
+
+    def effective_side_effect_functions(self, default: frozenset[str]) -> frozenset[str]:
+        """The deny-list to classify with, given the classifier's ``default``."""
+        if self.side_effect_functions is None and not self.extra_side_effect_functions:
+            return default  # the very object: the classifier recognises its default
+        base = default if self.side_effect_functions is None else self.side_effect_functions
+        return frozenset(base) | frozenset(self.extra_side_effect_functions)
+
+
 def _default_listeners() -> list[ListenerConfig]:
     return [ListenerConfig(name="postgres", protocol="postgres")]
 
@@ -201,6 +242,8 @@ class GatewayConfig(_Model):
     tokens: TokenSettings = Field(default_factory=TokenSettings)
     store: StoreConfig = Field(default_factory=StoreConfig)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    sql: SqlSettings = Field(default_factory=SqlSettings)
+    policies: list[PolicyConfig] = Field(default_factory=list)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @model_validator(mode="after")
@@ -230,6 +273,7 @@ class GatewayConfig(_Model):
                         f"unknown connection {connection!r}; "
                         f"defined connections: {_names(self.connections)}",
                     )
+        self._check_policy_references()
         if self.tokens.default_ttl > self.tokens.max_ttl:
             _fail(
                 ("tokens", "default_ttl"),
@@ -237,6 +281,33 @@ class GatewayConfig(_Model):
                 f"max_ttl {format_duration(self.tokens.max_ttl)}",
             )
         return self
+
+    def _check_policy_references(self) -> None:
+        seen: dict[str, int] = {}
+        for index, policy in enumerate(self.policies):
+            if policy.name in seen:
+                _fail(
+                    ("policies", index, "name"),
+                    f"duplicate policy name {policy.name!r} (also policies[{seen[policy.name]}]); "
+                    "decisions name the policy, so names must be unique",
+                )
+            seen[policy.name] = index
+            for entry_index, entry in enumerate(policy.identities):
+                if entry.kind == "name" and entry.value not in self.identities:
+                    _fail(
+                        ("policies", index, "identities", entry_index),
+                        f"unknown identity {entry.value!r} in policy {policy.name}; "
+                        f"defined identities: {_names(self.identities)} "
+                        '(use "group:<name>" for a group, "*" for everyone)',
+                    )
+            for entry_index, conn in enumerate(policy.connections):
+                if conn.kind == "name" and conn.value not in self.connections:
+                    _fail(
+                        ("policies", index, "connections", entry_index),
+                        f"unknown connection {conn.value!r} in policy {policy.name}; "
+                        f"defined connections: {_names(self.connections)} "
+                        '(use {labels: {key: glob}} to match by label, "*" for all)',
+                    )
 
 
 def _names(mapping: dict[str, Any]) -> str:

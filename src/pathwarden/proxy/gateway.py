@@ -10,6 +10,7 @@ runs it until SIGINT/SIGTERM, then ends every session with a FATAL
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import secrets
 import signal
@@ -20,12 +21,13 @@ from ..audit.writer import AuditWriter
 from ..config import ConfigError, GatewayConfig, PostgresConnection, load_config
 from ..identity import Authenticator, AuthError, TokenAuthority
 from ..model import Identity
-from ..policy.allow_all import ConnectionAllowAll
+from ..policy import ACTION_CLASSES, PolicyConfig, PolicyEngine
+from ..policy.sql import DEFAULT_SIDE_EFFECT_FUNCTIONS, PostgresClassifier
 from ..store import Store, open_store, store_url_for
 from .pg_listener import PostgresListener
 from .pg_session import PgSession
 from .pg_upstream import UpstreamTarget
-from .pipeline import PassThroughClassifier, Pipeline
+from .pipeline import Pipeline
 from .tls import ensure_self_signed, server_context, upstream_context
 
 log = logging.getLogger(__name__)
@@ -63,7 +65,7 @@ class Gateway:
             flush_interval=config.audit.flush_interval.total_seconds(),
             max_batch=config.audit.max_batch,
         )
-        self.pipeline = Pipeline(PassThroughClassifier(), build_authorizer(config), self.audit)
+        self.pipeline = Pipeline(build_classifier(config), build_authorizer(config), self.audit)
         self._watch_task: asyncio.Task[None] | None = None
         self.targets = {n: build_target(n, c) for n, c in config.connections.items()}
         self.listeners: list[PostgresListener] = []
@@ -101,6 +103,7 @@ class Gateway:
             return False
         try:
             new = load_config(self.config_path)
+            classifier = build_classifier(new)
             authorizer = build_authorizer(new)
             targets = {n: build_target(n, c) for n, c in new.connections.items()}
         except ConfigError as exc:
@@ -117,7 +120,8 @@ class Gateway:
         self.config = new
         self.targets = targets
         self.authenticator = Authenticator(new, self.authority, self.store)
-        self.pipeline.authorizer = authorizer  # one reference swap: no operation sees a mix
+        self.pipeline.classifier = classifier
+        self.pipeline.authorizer = authorizer  # reference swaps: each operation sees one rule set
         log.info("configuration reloaded from %s: %d connection(s), %d identities",
                  self.config_path, len(new.connections), len(new.identities))
         return True
@@ -198,9 +202,32 @@ class Gateway:
                         session.record.id, exc)
 
 
-def build_authorizer(config: GatewayConfig) -> ConnectionAllowAll:
-    """The authorizer a configuration describes."""
-    return ConnectionAllowAll({n: c.allow_all for n, c in config.connections.items()})
+_versions = itertools.count(1)
+
+
+def build_classifier(config: GatewayConfig) -> PostgresClassifier:
+    """The SQL classifier a configuration describes (its side-effect function list)."""
+    return PostgresClassifier(
+        config.sql.effective_side_effect_functions(DEFAULT_SIDE_EFFECT_FUNCTIONS))
+
+
+def build_authorizer(config: GatewayConfig) -> PolicyEngine:
+    """The policy engine a configuration describes.
+
+    A connection's ``allow_all: true`` is a policy of its own that allows every
+    class of statement to every identity on it; ``deny`` and
+    ``require_approval`` rules of other policies still apply on top.
+    """
+    policies = list(config.policies)
+    for name, conn in config.connections.items():
+        if conn.allow_all:
+            policies.append(PolicyConfig.model_validate({
+                "name": f"{name}.allow_all",
+                "description": f"connections.{name}.allow_all",
+                "identities": ["*"], "connections": [name],
+                "allow": sorted(ACTION_CLASSES),
+            }))
+    return PolicyEngine(policies, version=next(_versions))
 
 
 async def open_gateway(config: GatewayConfig, config_path: Path | None = None) -> Gateway:

@@ -25,7 +25,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from ..model import (
@@ -38,6 +38,7 @@ from ..model import (
     StatementRecord,
     Verdict,
 )
+from ..policy.sql import PostgresClassifier, SqlContext, after_failure, apply_to_context
 from ..protocols.postgres import messages as m
 from ..protocols.postgres.connection import NEED_DATA, ClientConnection, ServerConnection
 from ..protocols.postgres.errors import ProtocolError
@@ -58,6 +59,8 @@ _DATA_ROW = ord(m.DataRow.TYPE)
 _ERROR = ord(m.ErrorResponse.TYPE)
 _PARAMETER_STATUS = ord(m.ParameterStatus.TYPE)
 _PARAMETER_DESCRIPTION = ord(m.ParameterDescription.TYPE)
+_READY = ord(m.ReadyForQuery.TYPE)
+_LEXING_PARAMETERS = frozenset({"standard_conforming_strings", "client_encoding"})
 
 
 @dataclass(slots=True)
@@ -119,6 +122,11 @@ class PgSession:
         self._ended = False
         self._hold_task: asyncio.Task[None] | None = None
         self.server_parameters: dict[str, str] = {}
+        # How the server reads SQL in this session (search_path, PREPAREd names,
+        # lexing settings): what the classifier needs to read it the same way.
+        self._classifier_seen: object | None = None
+        self.sql_ctx: SqlContext | None = None
+        self._tx_status = "I"
         self.closed = asyncio.get_running_loop().create_future()
 
     # -- wiring ---------------------------------------------------------------
@@ -239,7 +247,7 @@ class PgSession:
             session_id=self.record.id, seq=self._seq, identity=self.identity,
             connection=self.connection, protocol=Protocol.POSTGRES, kind=kind, text=text,
         )
-        op, result = self.pipeline.decide(op)
+        op, result = self.pipeline.decide(op, self._context())
         if isinstance(result, Decision):
             self._apply(ev, op, result, out)
             return
@@ -267,6 +275,34 @@ class PgSession:
         self._update_client_reading()
         self._drain_client()
 
+    def _context(self) -> SqlContext | None:
+        classifier = self.pipeline.classifier
+        if classifier is not self._classifier_seen:
+            # First statement, or the configuration was reloaded.
+            self._classifier_seen = classifier
+            if isinstance(classifier, PostgresClassifier):
+                params = self.server_parameters
+                if self.sql_ctx is None:
+                    self.sql_ctx = classifier.new_context(
+                        standard_conforming_strings=params.get(
+                            "standard_conforming_strings", "on") == "on",
+                        client_encoding=params.get("client_encoding", "UTF8"))
+                else:
+                    self.sql_ctx = replace(
+                        self.sql_ctx, side_effect_functions=classifier.side_effect_functions)
+            else:
+                self.sql_ctx = None
+        return self.sql_ctx
+
+    def _ran(self, op: Operation, text: str, tracked: Tracked | None) -> None:
+        """An allowed statement goes to the server: advance the session's SQL context."""
+        before = self.sql_ctx
+        if before is None or not op.actions:
+            return
+        self.sql_ctx = apply_to_context(before, op.actions, text)
+        if tracked is not None and tracked.extra is None:
+            tracked.extra = {"ctx_before": before}
+
     def _apply(self, ev: m.Message, op: Operation, decision: Decision, out: list[bytes]) -> None:
         tracked = Tracked(op.seq, op.kind, op.text,
                           context=(time.monotonic(), datetime.now(UTC), op, decision))
@@ -276,6 +312,8 @@ class PgSession:
             tracked.denial = self._denial(op, decision)
         if cls is m.Query:
             out.append(ev.raw if allowed else m.Query(text=_DENIED_SQL).encode())
+            if allowed:
+                self._ran(op, op.text, tracked)
             self.tracker.expect(Unit.QUERY, tracked)
         elif cls is m.Parse:
             assert isinstance(ev, m.Parse)
@@ -331,6 +369,7 @@ class PgSession:
         tracked = Tracked(self._seq, "execute", prepared.text, params,
                           context=(time.monotonic(), datetime.now(UTC), prepared.op,
                                    prepared.decision))
+        self._ran(prepared.op, prepared.text, tracked)
         self.tracker.expect(Unit.EXECUTE, tracked)
 
     def _close(self, ev: m.Close, out: list[bytes]) -> None:
@@ -370,7 +409,9 @@ class PgSession:
         edits: list[tuple[int, int, bytes]] | None = None
         for i, s in enumerate(starts):
             t = chunk[s]
-            if t == _DATA_ROW:
+            if t == _READY:
+                self._tx_status = chr(chunk[s + 5])
+            elif t == _DATA_ROW:
                 head = tracker.head()
                 if head is not None:
                     head.pending_rows += 1
@@ -384,6 +425,8 @@ class PgSession:
             elif t == _PARAMETER_STATUS:
                 ps = m.ParameterStatus.decode(bytes(view[s + 5 : e]))
                 self.server_parameters[ps.name] = ps.value
+                if self.sql_ctx is not None and ps.name in _LEXING_PARAMETERS:
+                    self._lexing_changed(ps.name, ps.value)
             elif t == _PARAMETER_DESCRIPTION:
                 head = tracker.head()
                 if head is not None and head.kind == "describe":
@@ -405,6 +448,13 @@ class PgSession:
         parts.append(chunk[pos:])
         return b"".join(parts)
 
+    def _lexing_changed(self, name: str, value: str) -> None:
+        assert self.sql_ctx is not None
+        if name == "standard_conforming_strings":
+            self.sql_ctx = replace(self.sql_ctx, standard_conforming_strings=value == "on")
+        else:
+            self.sql_ctx = replace(self.sql_ctx, client_encoding=value)
+
     def _send_client(self, out: list[bytes]) -> None:
         if out:
             data = b"".join(out)
@@ -425,6 +475,10 @@ class PgSession:
                 self._statements.pop(name, None)
             else:
                 self._statements[name] = prev
+        if (t.error is not None and t.extra is not None and self._tx_status == "I"
+                and self.sql_ctx is not None and "ctx_before" in t.extra):
+            # The server rolled the failed statement's implicit transaction back.
+            self.sql_ctx = after_failure(t.extra["ctx_before"], self.sql_ctx)
         if t.denial is not None:
             error: str | None = t.denial.message
             verdict = decision.verdict

@@ -25,7 +25,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Awaitable, Sequence
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from ..model import Decision, Operation, SessionRecord, StatementRecord, Verdict
 
@@ -37,6 +37,15 @@ DecisionResult = Decision | Awaitable[Decision]
 class Classifier(Protocol):
     def classify(self, op: Operation) -> Operation:
         """Return ``op`` with its action class and resources filled in."""
+        ...
+
+
+@runtime_checkable
+class ContextClassifier(Protocol):
+    def classify(self, op: Operation) -> Operation: ...
+
+    def classify_with(self, op: Operation, context: Any) -> Operation:
+        """Classify ``op`` as read in one session's state."""
         ...
 
 
@@ -86,10 +95,32 @@ class Pipeline:
         self.audit = audit
         self.response_filters = tuple(response_filters)
 
-    def decide(self, op: Operation) -> tuple[Operation, DecisionResult]:
-        """Classify and authorize ``op``; never raises."""
+    @property
+    def classifier(self) -> Classifier:
+        return self._classifier
+
+    @classifier.setter
+    def classifier(self, classifier: Classifier) -> None:
+        # Resolved once here, not per statement (a runtime Protocol check is slow).
+        self._classifier = classifier
+        self._classify_with = (classifier.classify_with
+                               if isinstance(classifier, ContextClassifier) else None)
+
+    def decide(
+        self, op: Operation, context: object | None = None
+    ) -> tuple[Operation, DecisionResult]:
+        """Classify and authorize ``op``; never raises.
+
+        ``context`` is the session state the protocol's classifier reads
+        (for SQL: search_path, prepared statements, lexing settings); a
+        classifier that takes one has a ``classify_with(op, context)`` method.
+        """
         try:
-            op = self.classifier.classify(op)
+            with_context = self._classify_with
+            if context is not None and with_context is not None:
+                op = with_context(op, context)
+            else:
+                op = self._classifier.classify(op)
         except Exception as exc:
             log.exception("classifier failed; operation denied")
             return op, _deny("classification", exc)
