@@ -29,6 +29,9 @@ def test_demo_runs_a_query_through_the_gateway_and_shows_the_audit() -> None:
         assert "shop" in out and "billing" in out and "(3 rows)" in out
         assert "ALLOW 'select service, version from deployments order by id'" in out
         assert "SELECT 3" in out
+        # The policy refuses the demo's delete, and the audit trail shows both.
+        assert "DENY 'delete from deployments'" in out
+        assert "no rule of policy test-readonly allows write" in out
         # The client never saw the database password.
         password = (workdir / "app-password").read_text().strip()
         assert password not in out and password not in proc.stderr

@@ -15,7 +15,9 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "pathwarden.yaml
 def test_example_config_loads_with_a_stage_per_identity() -> None:
     config = load_config(EXAMPLE)
     assert set(config.identities) == {"ci-build", "ci-test", "ci-scan", "ci-deploy"}
-    assert config.connections["app-db"].allow_all is True
+    assert config.connections["app-db"].allow_all is False
+    assert [p.name for p in config.policies] == [
+        "build-none", "test-readonly", "scan-readonly", "deploy-writes"]
     assert config.identities["ci-test"].connections == ["app-db"]
     assert config.identities["ci-deploy"].max_token_ttl == timedelta(minutes=15)
     listener = config.listeners[0]
@@ -30,3 +32,21 @@ def test_config_check_command_accepts_the_example() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "4 identities" in proc.stdout
+
+
+def test_example_policies_decide_as_their_comments_say() -> None:
+    def check(identity: str, sql: str) -> int:
+        return subprocess.run(
+            [sys.executable, "-m", "pathwarden.cli.main", "policy", "check", "--config",
+             str(EXAMPLE), "--identity", identity, "--connection", "app-db", sql],
+            capture_output=True, text=True, timeout=60,
+        ).returncode
+
+    assert check("ci-test", "select * from users") == 0
+    assert check("ci-test", "delete from users where id = 1") == 1
+    assert check("ci-build", "select 1") == 1
+    assert check("ci-scan", "select * from public.secrets") == 1
+    assert check("ci-deploy", "update billing.invoices set paid = true where id = 1") == 3
+    assert check("ci-deploy", "delete from orders") == 3
+    assert check("ci-deploy", "drop schema public cascade") == 1
+    assert check("ci-deploy", "create table audit_log (id int)") == 0

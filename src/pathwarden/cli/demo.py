@@ -42,6 +42,7 @@ grant usage on sequence deployments_id_seq to app;
 """
 
 DEMO_QUERY = "select service, version from deployments order by id"
+DEMO_DENIED = "delete from deployments"
 
 
 def _config_text(socket_dir: Path, port: int, gw_port: int) -> str:
@@ -61,12 +62,21 @@ connections:
     user: app
     password: {{file: app-password}} # the client never sees this
     sslmode: disable
-    allow_all: true
 identities:
   ci-build:  {{groups: [ci]}}
   ci-test:   {{groups: [ci], max_token_ttl: 30m}}
   ci-scan:   {{groups: [ci]}}
   ci-deploy: {{groups: [ci, deployers], max_token_ttl: 15m}}
+policies:                          # default deny; see docs/policy.md
+  - name: test-readonly
+    identities: [ci-test, ci-scan]
+    connections: [demo-db]
+    allow: [read]
+  - name: deploy-writes
+    identities: ["group:deployers"]
+    connections: [demo-db]
+    allow: [read, write]
+    deny: [ddl, privilege]
 """
 
 
@@ -179,17 +189,23 @@ def run_demo(workdir: Path, *, keep_running: bool = False) -> int:
         console.print(f'4. querying through the gateway:\n   PGPASSWORD=$TOKEN psql '
                       f'"{conninfo}" -c "{DEMO_QUERY}"')
         ok = _query(conninfo, issued.token)
+        console.print(f'5. a statement the policy does not allow ci-test:\n   PGPASSWORD=$TOKEN '
+                      f'psql "{conninfo}" -c "{DEMO_DENIED}"')
+        denied = _refused(conninfo, issued.token)
+        ok = ok and denied
         bg.call(gateway.audit.flush())
-        sessions = bg.call(gateway.store.list_sessions(identity="ci-test", limit=1))
+        sessions = bg.call(gateway.store.list_sessions(identity="ci-test", limit=2))
         if sessions:
-            sid = sessions[0].id
-            statements = bg.call(gateway.store.list_statements(sid))
-            console.print(f"5. the audit trail: pathwarden sessions show {sid} "
+            sid = sessions[-1].id
+            statements = [st for s in reversed(sessions)
+                          for st in bg.call(gateway.store.list_statements(s.id))]
+            console.print(f"6. the audit trail: pathwarden sessions show {sid} "
                           f"--config {config_path}")
             for st in statements:
+                outcome = (f"{st.command_tag} ({st.rows} rows, {st.duration_ms:.2f} ms)"
+                           if st.error is None else st.error)
                 console.print(f"   #{st.seq} {st.verdict.value.upper()} {st.text!r} -> "
-                              f"{st.command_tag or st.error} ({st.rows} rows, "
-                              f"{st.duration_ms:.2f} ms)")
+                              f"{outcome}")
         if keep_running and ok:
             console.print(f"\nThe gateway keeps running on 127.0.0.1:{gw_port}. Try:\n"
                           f"  export PGPASSWORD=$(pathwarden token issue ci-test "
@@ -228,3 +244,17 @@ def _query(conninfo: str, token: str) -> bool:
         for service, version in conn.execute(DEMO_QUERY):
             console.print(f"   {service:<10} {version}")
     return True
+
+
+def _refused(conninfo: str, token: str) -> bool:
+    """Run the demo's denied statement; True when the gateway refused it."""
+    import psycopg
+
+    try:
+        with psycopg.connect(conninfo, password=token, autocommit=True) as conn:
+            conn.execute(DEMO_DENIED)
+    except psycopg.errors.InsufficientPrivilege as exc:
+        console.print(f"   ERROR:  {exc.diag.message_primary}")
+        return True
+    console.print("[red]   the statement was not refused[/]", markup=True)
+    return False
