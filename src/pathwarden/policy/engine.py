@@ -124,6 +124,9 @@ class PolicyEngine:
         self.policies: tuple[PolicyConfig, ...] = tuple(policies)
         self.version = version
         self._cache: dict[Hashable, Decision] = {}
+        self._by_identity: dict[
+            tuple[int, int, int], tuple[Decision, Identity, ConnectionRef, tuple[Action, ...]]
+        ] = {}
         self._cache_size = max(0, cache_size)
         self.hits = 0
         self.misses = 0
@@ -137,6 +140,16 @@ class PolicyEngine:
         """The decision on ``op``, from the cache when the same request was decided before."""
         if op.unclassified is not None or not self._cache_size:
             return self.explain(op).decision
+        # Fast path: sessions reuse their Identity and ConnectionRef objects and the
+        # classifier returns the same actions tuple for the same statement, so the
+        # objects' identities are a key. The entry holds the objects themselves and
+        # is checked with `is`, so an id reused by a new object can never match.
+        fast = (id(op.identity), id(op.connection), id(op.actions))
+        entry = self._by_identity.get(fast)
+        if (entry is not None and entry[1] is op.identity and entry[2] is op.connection
+                and entry[3] is op.actions):
+            self.hits += 1
+            return entry[0]
         key = self.cache_key(op)
         cache = self._cache
         try:
@@ -151,6 +164,9 @@ class PolicyEngine:
         else:
             self.hits += 1
         cache[key] = decision  # (re)inserted last: most recently used
+        if len(self._by_identity) >= self._cache_size:
+            self._by_identity.clear()
+        self._by_identity[fast] = (decision, op.identity, op.connection, op.actions)
         return decision
 
     @staticmethod
@@ -173,6 +189,7 @@ class PolicyEngine:
 
     def cache_clear(self) -> None:
         self._cache.clear()
+        self._by_identity.clear()
         self.hits = self.misses = 0
 
     # -- deciding ----------------------------------------------------------------------

@@ -455,8 +455,12 @@ class PostgresClassifier:
 
     def classify_with(self, op: Operation, ctx: SqlContext) -> Operation:
         summary = self._summary(op.text, ctx)
-        return replace(op, actions=summary.result.actions, action=summary.action,
-                       resources=summary.resources, unclassified=summary.result.error)
+        # Built field by field: dataclasses.replace costs ~4 µs on this hot path.
+        return Operation(
+            session_id=op.session_id, seq=op.seq, identity=op.identity,
+            connection=op.connection, protocol=op.protocol, kind=op.kind, text=op.text,
+            action=summary.action, resources=summary.resources, params=op.params,
+            actions=summary.result.actions, unclassified=summary.result.error)
 
     def classify_text(self, sql: str, ctx: SqlContext) -> SqlClassification:
         """:func:`classify_sql` with caching."""
