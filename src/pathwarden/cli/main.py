@@ -21,8 +21,9 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import __version__
-from ..config import ConfigError, GatewayConfig, format_duration, load_config, parse_duration
+from ..config import GatewayConfig, format_duration, parse_duration
 from ..store import Store, StoreError, open_store, store_url_for
+from .common import err, fail, load
 from .policy_cmd import policy_app
 
 T = TypeVar("T")
@@ -42,7 +43,6 @@ app.add_typer(policy_app, name="policy")
 
 # Pipelines read this output from logs: don't squeeze tables into 80 columns there.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, highlight=False)
 
 ConfigOpt = Annotated[
     Path,
@@ -52,16 +52,8 @@ ConfigOpt = Annotated[
 DEFAULT_CONFIG = Path("pathwarden.yaml")
 
 
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", markup=True)
-    return typer.Exit(code)
-
-
-def _load(path: Path) -> GatewayConfig:
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        raise _fail(str(exc), 2) from None
+_fail = fail
+_load = load
 
 
 def _with_store(config: GatewayConfig, fn: Callable[[Store], Awaitable[T]]) -> T:

@@ -32,10 +32,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from ..config import ConfigError, GatewayConfig, load_config
+from ..config import GatewayConfig
 from ..model import ConnectionRef, Identity, Operation, Protocol, Verdict
 from ..policy.engine import Explanation, PolicyEngine
 from ..policy.rules import ACTION_CLASSES, ACTION_FLAGS, CONDITION_KEYS
+from .common import EXIT_USAGE, fail, load
 
 if TYPE_CHECKING:
     from ..policy.sql import SqlContext
@@ -57,7 +58,6 @@ policy_app = typer.Typer(
 
 #: Exit status of `policy check` per verdict.
 EXIT_CODES: Mapping[Verdict, int] = {Verdict.ALLOW: 0, Verdict.DENY: 1, Verdict.APPROVE: 3}
-EXIT_USAGE = 2
 
 ConfigOpt = Annotated[
     Path,
@@ -72,15 +72,10 @@ class UsageError(Exception):
 
 
 def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(EXIT_USAGE)
+    return fail(message, EXIT_USAGE)
 
 
-def _load(path: Path) -> GatewayConfig:
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        raise _fail(str(exc)) from None
+_load = load
 
 
 # -- simulation ---------------------------------------------------------------------------
