@@ -10,7 +10,8 @@ from rich.console import Console
 from ..config import ConfigError, GatewayConfig, load_config
 
 EXIT_USAGE = 2
-err = Console(stderr=True, highlight=False)
+# soft_wrap: an error line is never broken, whatever the terminal (or CI log) width.
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
