@@ -99,7 +99,7 @@ DEFAULT_SIDE_EFFECT_FUNCTIONS: frozenset[str] = frozenset({
     "pg_backup_start", "pg_backup_stop", "pg_wal_replay_pause", "pg_wal_replay_resume",
     "pg_stat_reset", "pg_stat_reset_shared", "pg_import_system_collations",
     # the function spelling of statements that are `write`
-    "pg_notify", "setval",
+    "pg_notify", "setval", "nextval", "lo_create", "lo_creat", "lowrite", "lo_truncate64",
 })
 
 _DEFAULT_SEARCH_PATH: tuple[str, ...] = ("public",)
@@ -127,6 +127,11 @@ class SqlContext:
     side_effect_functions: frozenset[str] = DEFAULT_SIDE_EFFECT_FUNCTIONS
     session_search_path: tuple[str, ...] | None = None
     tx_frames: tuple[TxFrame, ...] = ()
+    # True once the lexing settings have been changed or reported refusing in this
+    # session: from then on anything that can revert settings server-side
+    # (transaction ends, RESET, DISCARD ALL) moves them to the refusing side until
+    # the server reports their value again.
+    lexing_unsettled: bool = False
 
     def __post_init__(self) -> None:
         functions = self.side_effect_functions
@@ -325,6 +330,9 @@ def _is_utf8(name: str) -> bool:
     return name.upper().replace("-", "").replace("_", "") in _UTF8_NAMES
 
 
+_LEXING_SETTINGS = frozenset({"standard_conforming_strings", "client_encoding"})
+# What the context holds while the server's client_encoding is not known.
+UNSETTLED_ENCODING = "(being changed; wait for the server's report)"
 _TRUE_WORDS = frozenset({"on", "true", "yes", "1", "t", "y", "tr", "tru", "ye"})
 
 
@@ -362,8 +370,16 @@ def _apply_one(ctx: SqlContext, action: Action, text: str) -> SqlContext:
         changes["standard_conforming_strings"] = False
     if any(_st.is_side_effect(f, frozenset({"set_config"})) for f in action.names("functions")):
         changes["standard_conforming_strings"] = False  # could have set anything
+        changes["lexing_unsettled"] = True
     if "client_encoding" in settings and kind == "set" and values and not _is_utf8(values[0]):
         changes["client_encoding"] = values[0]
+    if _LEXING_SETTINGS & set(settings):
+        changes["lexing_unsettled"] = True
+    if ctx.lexing_unsettled and (
+            action.action == "transaction" or kind in ("reset", "discard")):
+        # The server may now be back on a refusing value it has not reported yet.
+        changes["standard_conforming_strings"] = False
+        changes["client_encoding"] = UNSETTLED_ENCODING
     return replace(ctx, **changes) if changes else ctx
 
 

@@ -51,11 +51,19 @@ HANDSHAKE_TIMEOUT = 60.0
 # upstream identity or protocol, so they are refused with a clear error.
 FORWARDED_STARTUP_PARAMS = frozenset({
     "application_name", "client_encoding", "DateStyle", "datestyle", "TimeZone", "timezone",
-    "extra_float_digits", "IntervalStyle", "intervalstyle", "search_path",
+    "extra_float_digits", "IntervalStyle", "intervalstyle",
     "statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout",
     "default_transaction_isolation", "default_transaction_read_only", "bytea_output",
-    "geqo", "work_mem", "jit", "standard_conforming_strings",
+    "geqo", "work_mem", "jit",
 })
+# Settings that change how the server lexes SQL: accepted only with the values
+# the gateway's parser reads the same way (search_path is refused above: it
+# decides which table an unqualified name means, so it is set with SET, where
+# the gateway sees it).
+_LEXING_STARTUP_VALUES = {
+    "standard_conforming_strings": frozenset({"on"}),
+    "client_encoding": frozenset({"utf8", "utf-8", "unicode", "sql_ascii"}),
+}
 
 
 class _Refused(Exception):
@@ -241,6 +249,16 @@ class PostgresListener:
                 continue
             if key.startswith("_pq_."):
                 continue  # protocol extensions: answered by NegotiateProtocolVersion below
+            allowed_values = _LEXING_STARTUP_VALUES.get(key)
+            if allowed_values is not None:
+                if value.strip().strip("'\"").strip().lower() not in allowed_values:
+                    raise _Refused(
+                        "08P01", f"pathwarden: startup parameter {key}={value!r} is not allowed",
+                        hint="the gateway reads SQL with standard_conforming_strings on and "
+                             "client_encoding UTF8; connect with those",
+                        reason=f"startup parameter {key}={value} refused")
+                forwarded[key] = value
+                continue
             if key not in FORWARDED_STARTUP_PARAMS:
                 raise _Refused(
                     "08P01", f"pathwarden: startup parameter {key!r} is not allowed",

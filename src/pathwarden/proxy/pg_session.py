@@ -127,6 +127,7 @@ class PgSession:
         self._classifier_seen: object | None = None
         self.sql_ctx: SqlContext | None = None
         self._tx_status = "I"
+        self._lexing_pending: dict[str, str] = {}
         self.closed = asyncio.get_running_loop().create_future()
 
     # -- wiring ---------------------------------------------------------------
@@ -283,10 +284,12 @@ class PgSession:
             if isinstance(classifier, PostgresClassifier):
                 params = self.server_parameters
                 if self.sql_ctx is None:
+                    scs = params.get("standard_conforming_strings", "on") == "on"
+                    encoding = params.get("client_encoding", "UTF8")
                     self.sql_ctx = classifier.new_context(
-                        standard_conforming_strings=params.get(
-                            "standard_conforming_strings", "on") == "on",
-                        client_encoding=params.get("client_encoding", "UTF8"))
+                        standard_conforming_strings=scs, client_encoding=encoding,
+                        lexing_unsettled=not scs or encoding.upper() not in (
+                            "UTF8", "UNICODE", "SQL_ASCII"))
                 else:
                     self.sql_ctx = replace(
                         self.sql_ctx, side_effect_functions=classifier.side_effect_functions)
@@ -398,6 +401,8 @@ class PgSession:
                         f"{self.connection.name}: {exc.message}")
             self.end(f"upstream protocol error: {exc.message}")
             return
+        if self._lexing_pending and not len(self.tracker):
+            self._settle_lexing()
         self.record.bytes_to_client += len(out)
         self.client.write(out)
 
@@ -425,8 +430,8 @@ class PgSession:
             elif t == _PARAMETER_STATUS:
                 ps = m.ParameterStatus.decode(bytes(view[s + 5 : e]))
                 self.server_parameters[ps.name] = ps.value
-                if self.sql_ctx is not None and ps.name in _LEXING_PARAMETERS:
-                    self._lexing_changed(ps.name, ps.value)
+                if ps.name in _LEXING_PARAMETERS:
+                    self._lexing_reported(ps.name, ps.value)
             elif t == _PARAMETER_DESCRIPTION:
                 head = tracker.head()
                 if head is not None and head.kind == "describe":
@@ -448,12 +453,40 @@ class PgSession:
         parts.append(chunk[pos:])
         return b"".join(parts)
 
-    def _lexing_changed(self, name: str, value: str) -> None:
-        assert self.sql_ctx is not None
+    def _lexing_reported(self, name: str, value: str) -> None:
+        """The server reported a lexing setting (standard_conforming_strings, client_encoding).
+
+        A refusing value (off, not UTF8) applies at once. A permissive one waits
+        until every forwarded statement has completed: a statement still in flight
+        (a ROLLBACK, RESET, DISCARD) may revert it, and what the client sends next
+        must be read as the server will read it.
+        """
+        ctx = self.sql_ctx
+        if ctx is None:
+            return
+        permissive = value == "on" if name == "standard_conforming_strings" else (
+            value.upper().replace("-", "").replace("_", "") in ("UTF8", "UNICODE", "SQLASCII"))
+        if permissive:
+            self._lexing_pending[name] = value
+            return
+        self._lexing_pending.pop(name, None)
         if name == "standard_conforming_strings":
-            self.sql_ctx = replace(self.sql_ctx, standard_conforming_strings=value == "on")
+            self.sql_ctx = replace(ctx, standard_conforming_strings=False, lexing_unsettled=True)
         else:
-            self.sql_ctx = replace(self.sql_ctx, client_encoding=value)
+            self.sql_ctx = replace(ctx, client_encoding=value, lexing_unsettled=True)
+
+    def _settle_lexing(self) -> None:
+        """Nothing in flight: the server's last reported values are its current ones."""
+        pending = self._lexing_pending
+        ctx = self.sql_ctx
+        if ctx is None or not pending:
+            return
+        if "standard_conforming_strings" in pending:
+            ctx = replace(ctx, standard_conforming_strings=True)
+        if "client_encoding" in pending:
+            ctx = replace(ctx, client_encoding=pending["client_encoding"])
+        pending.clear()
+        self.sql_ctx = ctx
 
     def _send_client(self, out: list[bytes]) -> None:
         if out:
