@@ -198,9 +198,6 @@ def test_scs_revert_cannot_let_a_readonly_token_delete(gw: GatewayHarness, pg_se
 
 # --- 2. search_path: table-scoped policy bypassed ----------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "_Env.resolve_name resolves an unqualified table to search_path[0]; the server takes the "
-    "first schema that has it (nonexistent schemas skipped): a schema-scoped deny is bypassed"))
 @pytest.mark.parametrize("path", [f"{PUB}, {SEC}", f"no_such_schema, {SEC}"])
 def test_unqualified_table_resolved_to_first_search_path_schema(gw: GatewayHarness,
                                                                 path: str) -> None:
@@ -225,16 +222,10 @@ def test_readonly_token_cannot_call_nextval(gw: GatewayHarness, pg_server: PgSer
     assert errors_of(frames) == ["42501"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the search_path startup parameter is forwarded but SqlContext starts at ('public',)"))
-def test_startup_search_path_is_ignored_by_classifier(gw: GatewayHarness) -> None:
-    c = Raw(gw, search_path=SEC)
-    try:
-        c.send(q("SELECT v FROM items"))
-        frames = c.until_ready()
-    finally:
-        c.close()
-    assert "SECRET-ROW" not in rows(frames)
+def test_startup_search_path_is_refused(gw: GatewayHarness) -> None:
+    """search_path decides what an unqualified name means: only SET, which the gateway sees."""
+    with pytest.raises(AssertionError, match="connection closed"):
+        Raw(gw, search_path=SEC)
 
 
 @pytest.mark.xfail(strict=True, reason=(

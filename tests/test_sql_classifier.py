@@ -120,12 +120,15 @@ def _tables(sql: str, ctx: SqlContext = CTX) -> list[str]:
 def test_table_resolution() -> None:
     assert _tables("select * from a, s.b, \"S\".\"B\", \"Mixed\"") == [
         "S.B", "public.Mixed", "public.a", "s.b"]
-    assert _tables("select * from a", SqlContext(search_path=("app", "public"))) == ["app.a"]
+    # The server takes the first schema on the path that has the table; the gateway
+    # cannot see the catalog, so an unqualified name stands for every candidate.
+    assert _tables("select * from a", SqlContext(search_path=("app", "public"))) == [
+        "app.a", "public.a"]
     # pg_catalog is implicitly first unless the path names it
     assert _tables("select * from pg_roles", SqlContext(search_path=("app",))) == [
-        "pg_catalog.pg_roles"]
+        "app.pg_roles", "pg_catalog.pg_roles"]
     assert _tables("select * from pg_roles", SqlContext(search_path=("app", "pg_catalog"))) == [
-        "app.pg_roles"]
+        "app.pg_roles", "pg_catalog.pg_roles"]
     # CTE names are not tables, but only where they are visible
     assert _tables("with x as (select * from y) select * from x") == ["public.y"]
     assert _tables("select * from (with x as (select 1) select * from x) s, x") == ["public.x"]
@@ -134,7 +137,8 @@ def test_table_resolution() -> None:
     # FOR UPDATE OF names a FROM item, not a table
     assert _tables("select * from t a for update of a") == ["public.t"]
     # CREATE SCHEMA elements land in the new schema
-    assert _tables("create schema s create view v as select * from w") == ["s.v", "s.w"]
+    assert _tables("create schema s create view v as select * from w") == [
+        "public.v", "public.w", "s.v", "s.w"]
 
 
 def test_unknown_statement_node_is_unknown() -> None:

@@ -180,24 +180,31 @@ class _Env:
         self.side_effect_functions = ctx.side_effect_functions
         self.uses_prepared = False
 
-    def resolve(self, rangevar: Fields) -> str:
+    def resolve(self, rangevar: Fields) -> Sequence[str]:
         schema = rangevar.get("schemaname")
         name = str(rangevar.get("relname", ""))
         if schema:
-            return f"{schema}.{name}"
+            return (f"{schema}.{name}",)
         return self.resolve_name([name], rangevar.get("relpersistence") == "t")
 
-    def resolve_name(self, names: Sequence[str], temp: bool = False) -> str:
+    def resolve_name(self, names: Sequence[str], temp: bool = False) -> Sequence[str]:
+        """Every table an unqualified name may mean under the session's search_path.
+
+        The server takes the first schema on the path that has the table, and
+        the gateway cannot see the catalog: so with several schemas on the path
+        the name stands for all of them. Deny and approval rules then match if
+        any could be meant; allow rules must cover them all (fail closed).
+        """
         if len(names) >= 2:
-            return f"{names[-2]}.{names[-1]}"
+            return (f"{names[-2]}.{names[-1]}",)
         name = names[-1] if names else ""
         if temp:
-            return f"pg_temp.{name}"
+            return (f"pg_temp.{name}",)
         path = self.ctx.search_path
         # pg_catalog is searched first unless the path names it; its relations all start pg_.
         if not path or (name.startswith("pg_") and "pg_catalog" not in path):
-            return f"pg_catalog.{name}"
-        return f"{path[0]}.{name}"
+            return (f"pg_catalog.{name}",) + tuple(f"{schema}.{name}" for schema in path)
+        return tuple(f"{schema}.{name}" for schema in path)
 
     def in_schema(self, schema: str) -> _Env:
         return _Env(replace(self.ctx, search_path=(schema, *self.ctx.search_path)), self.depth)

@@ -48,9 +48,9 @@ class Env(Protocol):
 
     side_effect_functions: frozenset[str]
 
-    def resolve(self, rangevar: Fields) -> str: ...
+    def resolve(self, rangevar: Fields) -> Sequence[str]: ...
 
-    def resolve_name(self, names: Sequence[str], temp: bool = False) -> str: ...
+    def resolve_name(self, names: Sequence[str], temp: bool = False) -> Sequence[str]: ...
 
     def execute(self, name: str) -> Part: ...
 
@@ -305,8 +305,8 @@ def _drop(f: Fields, env: Env) -> Part:
     if f.get("behavior") == "DROP_CASCADE":
         part.flags.add("cascade")
     if remove in _RELATION_OBJECTS:
-        part.add("tables", [env.resolve_name(strings(unwrap(obj)[1].get("items")))
-                            for obj in f.get("objects") or ()])
+        part.add("tables", [table for obj in f.get("objects") or ()
+                            for table in env.resolve_name(strings(unwrap(obj)[1].get("items")))])
     return part
 
 
@@ -331,7 +331,7 @@ def _rename(f: Fields, env: Env) -> Part:
         return Part("privilege", "alter_role", {"rename"})
     part = Part("ddl", "rename")
     if rename in _RELATION_OBJECTS and not f.get("relation") and f.get("object"):
-        part.add("tables", [env.resolve_name(strings(unwrap(f["object"])[1].get("items")))])
+        part.add("tables", env.resolve_name(strings(unwrap(f["object"])[1].get("items"))))
     return part
 
 
@@ -343,7 +343,7 @@ def _comment(f: Fields, env: Env) -> Part:
     part = Part("ddl", "comment")
     obj = f.get("object")
     if f.get("objtype") in _RELATION_OBJECTS and obj:
-        part.add("tables", [env.resolve_name(strings(unwrap(obj)[1].get("items")))])
+        part.add("tables", env.resolve_name(strings(unwrap(obj)[1].get("items"))))
     return part
 
 

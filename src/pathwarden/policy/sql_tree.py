@@ -24,14 +24,14 @@ from __future__ import annotations
 import inspect
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pglast import ast as _pg_ast
 from pglast import parser as _pg_parser
 
 Fields = dict[str, Any]
-Resolver = Callable[[Fields], str]
+Resolver = Callable[[Fields], Sequence[str]]
 
 
 class Unclassifiable(Exception):
@@ -218,7 +218,7 @@ def walk(root_type: str, root: Fields, resolve: Resolver) -> Facts:
                 schema = fields.get("schemaname")
                 name = fields.get("relname", "")
                 if schema or flags & TARGET or name not in scope:
-                    facts.tables.add(resolve(fields))
+                    facts.tables.update(resolve(fields))
             continue
         if node_type == "FuncCall":
             name = ".".join(strings(fields.get("funcname"))).lower()
