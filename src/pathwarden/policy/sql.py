@@ -203,7 +203,7 @@ class _Env:
         path = self.ctx.search_path
         # pg_catalog is searched first unless the path names it; its relations all start pg_.
         if not path or (name.startswith("pg_") and "pg_catalog" not in path):
-            return (f"pg_catalog.{name}",) + tuple(f"{schema}.{name}" for schema in path)
+            return (f"pg_catalog.{name}", *(f"{schema}.{name}" for schema in path))
         return tuple(f"{schema}.{name}" for schema in path)
 
     def in_schema(self, schema: str) -> _Env:
