@@ -228,16 +228,15 @@ def test_startup_search_path_is_refused(gw: GatewayHarness) -> None:
         Raw(gw, search_path=SEC)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a protocol-level prepared statement is classified once at Parse; the server re-analyses "
-    "it under the current search_path at Bind/Execute, the gateway does not"))
 def test_prepared_statement_reruns_under_new_search_path(gw: GatewayHarness) -> None:
     with psycopg.connect(gw.dsn("app-db", "ci-test"), autocommit=True) as conn:
         conn.execute(f"SET search_path = {PUB}")
         assert conn.execute("SELECT v FROM items", prepare=True).fetchall() == [("public-row",)]
         conn.execute(f"SET search_path = {SEC}")
-        got = conn.execute("SELECT v FROM items", prepare=True).fetchall()
-    assert got != [("SECRET-ROW",)]
+        # Re-decided under the new search_path: now it reads the denied schema.
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT v FROM items", prepare=True).fetchall()
+        assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
 @pytest.mark.xfail(strict=True, reason=(
@@ -258,9 +257,6 @@ def test_failure_after_commit_in_multi_statement_desyncs_search_path(
     assert "SECRET-ROW" not in rows(frames)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a Query skipped by the server (extended-protocol error, ignored until Sync) still "
-    "advanced SqlContext: skipped units are not rolled back with after_failure"))
 def test_query_skipped_after_extended_error_still_changes_context(gw: GatewayHarness) -> None:
     c = Raw(gw)
     try:
@@ -276,9 +272,6 @@ def test_query_skipped_after_extended_error_still_changes_context(gw: GatewayHar
     assert "SECRET-ROW" not in rows(frames)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Execute resolves portal -> statement when it is sent, not when the portal was bound: "
-    "re-Parsing the statement makes the gateway apply (and audit) the wrong statement"))
 def test_portal_bound_before_reparse_runs_old_statement(gw: GatewayHarness) -> None:
     c = Raw(gw)
     try:
@@ -294,9 +287,6 @@ def test_portal_bound_before_reparse_runs_old_statement(gw: GatewayHarness) -> N
     assert "SECRET-ROW" not in rows(frames)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a failed unnamed Parse pops _statements[''] on completion, dropping a later pipelined "
-    "Parse of '' the server does have: its Executes are unaudited and skip _ran()"))
 def test_failed_parse_completion_drops_later_pipelined_parse(gw: GatewayHarness) -> None:
     c = Raw(gw)
     try:
@@ -317,9 +307,6 @@ def test_failed_parse_completion_drops_later_pipelined_parse(gw: GatewayHarness)
 
 # --- 3. audit: executed statements without a record ---------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Close is applied to _statements when sent, even when the server skips it after an "
-    "error; the statement still exists and later Executes of it are not audited"))
 def test_skipped_close_loses_audit_of_later_execute(gw: GatewayHarness) -> None:
     c = Raw(gw)
     try:
@@ -336,9 +323,6 @@ def test_skipped_close_loses_audit_of_later_execute(gw: GatewayHarness) -> None:
     assert "SELECT 'audit-me-1'" in texts
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Bind/Execute of a statement created by SQL-level PREPARE (same namespace on the server) "
-    "is unknown to _statements and is never audited"))
 def test_bind_of_sql_prepared_statement_is_not_audited(gw: GatewayHarness) -> None:
     c = Raw(gw)
     try:

@@ -27,6 +27,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any
 
 from ..model import (
     ConnectionRef,
@@ -53,6 +54,8 @@ log = logging.getLogger(__name__)
 INSUFFICIENT_PRIVILEGE = "42501"
 # A statement the server rejects in its parser, before touching anything.
 _DENIED_SQL = "pathwarden_denied"
+# A portal name no client uses: executing it fails without side effects.
+_DENIED_PORTAL = "pathwarden denied portal"
 _MAX_AUDIT_PARAM = 1024
 _MAX_AUDIT_TEXT = 64 * 1024
 _DATA_ROW = ord(m.DataRow.TYPE)
@@ -63,12 +66,22 @@ _READY = ord(m.ReadyForQuery.TYPE)
 _LEXING_PARAMETERS = frozenset({"standard_conforming_strings", "client_encoding"})
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Prepared:
     text: str
     op: Operation
     decision: Decision
     param_types: tuple[int, ...] = ()
+    # The search_path it was classified under: the server re-analyses a prepared
+    # statement when search_path changes, so the gateway re-decides it then.
+    search_path: tuple[str, ...] | None = None
+
+
+@dataclass(slots=True, eq=False)
+class _Portal:
+    statement: str
+    prepared: _Prepared | None  # what the server bound, captured at Bind
+    params: tuple[str | None, ...]
 
 
 def _render_param(value: bytes | None, fmt: int, type_oid: int) -> str | None:
@@ -116,7 +129,7 @@ class PgSession:
         self.tracker = ResponseTracker()
         self._seq = 0
         self._statements: dict[str, _Prepared] = {}
-        self._portals: dict[str, tuple[str, tuple[str | None, ...]]] = {}
+        self._portals: dict[str, _Portal] = {}
         self._holding = False
         self._client_write_paused = False
         self._ended = False
@@ -320,8 +333,11 @@ class PgSession:
             self.tracker.expect(Unit.QUERY, tracked)
         elif cls is m.Parse:
             assert isinstance(ev, m.Parse)
-            tracked.extra = {"name": ev.name, "previous": self._statements.get(ev.name)}
-            self._statements[ev.name] = _Prepared(ev.query, op, decision, ev.param_types)
+            installed = _Prepared(ev.query, op, decision, ev.param_types,
+                                  self.sql_ctx.search_path if self.sql_ctx else None)
+            tracked.extra = {"name": ev.name, "previous": self._statements.get(ev.name),
+                             "installed": installed}
+            self._statements[ev.name] = installed
             out.append(ev.raw if allowed else m.Parse(name=ev.name, query=_DENIED_SQL).encode())
             self.tracker.expect(Unit.PARSE, tracked)
         else:  # FunctionCall
@@ -355,33 +371,74 @@ class PgSession:
             _render_param(v, ev.param_format(i), types[i] if i < len(types) else 0)
             for i, v in enumerate(ev.params)
         )
-        self._portals[ev.portal] = (ev.statement, params)
+        self._portals[ev.portal] = _Portal(ev.statement, prepared, params)
         out.append(ev.raw)
         self.tracker.expect(Unit.BIND)
 
     def _execute(self, ev: m.Execute, out: list[bytes]) -> None:
-        out.append(ev.raw)
         portal = self._portals.get(ev.portal)
-        prepared = self._statements.get(portal[0]) if portal else None
-        if prepared is None or not prepared.decision.allowed:
-            # Unknown portal or a denied statement: the server rejects or skips it.
+        prepared = portal.prepared if portal is not None else None
+        if prepared is not None and not prepared.decision.allowed:
+            # A denied statement: the server skips this until Sync (its Parse failed).
+            out.append(ev.raw)
             self.tracker.expect(Unit.EXECUTE)
             return
         self._seq += 1
-        params = portal[1] if portal else ()
+        params = portal.params if portal is not None else ()
+        if prepared is None:
+            self._execute_unknown(ev, portal, params, out)
+            return
+        op, decision = prepared.op, prepared.decision
+        ctx = self.sql_ctx
+        if ctx is not None and prepared.search_path not in (None, ctx.search_path):
+            # The server re-plans it under the new search_path: decide again.
+            op, result = self.pipeline.decide(replace(op, seq=self._seq), ctx)
+            decision = result if isinstance(result, Decision) else Decision(
+                Verdict.DENY, "re-checking a prepared statement under a new search_path "
+                "cannot wait for a decision; prepare it again", policy=decision.policy)
         tracked = Tracked(self._seq, "execute", prepared.text, params,
-                          context=(time.monotonic(), datetime.now(UTC), prepared.op,
-                                   prepared.decision))
-        self._ran(prepared.op, prepared.text, tracked)
+                          context=(time.monotonic(), datetime.now(UTC), op, decision))
+        if decision.verdict is Verdict.ALLOW:
+            out.append(ev.raw)
+            self._ran(op, prepared.text, tracked)
+        else:
+            # No such portal: the server fails it, and the error becomes the denial.
+            tracked.denial = self._denial(op, decision)
+            out.append(m.Execute(portal=_DENIED_PORTAL).encode())
+        self.tracker.expect(Unit.EXECUTE, tracked)
+
+    def _execute_unknown(self, ev: m.Execute, portal: _Portal | None,
+                         params: tuple[str | None, ...], out: list[bytes]) -> None:
+        """An Execute of something the gateway did not Parse: record it all the same.
+
+        Only statements the gateway allowed can exist on the server (its own
+        Parse, or SQL-level PREPARE, which is decided like the statement it
+        prepares); anything else makes the server fail the Execute.
+        """
+        name = portal.statement if portal is not None else None
+        stored = self.sql_ctx.prepared.get(name) if self.sql_ctx and name else None
+        if stored:
+            text = stored[0].text or f"<statement {name} prepared with SQL PREPARE>"
+            reason = "prepared with SQL PREPARE, which was decided like this statement"
+        else:
+            text = (f"<unknown statement {name!r}>" if portal is not None
+                    else f"<unknown portal {ev.portal!r}>")
+            reason = "not prepared through the gateway; the server rejects it"
+        op = Operation(session_id=self.record.id, seq=self._seq, identity=self.identity,
+                       connection=self.connection, protocol=Protocol.POSTGRES, kind="execute",
+                       text=text, actions=stored or ())
+        tracked = Tracked(self._seq, "execute", text, params,
+                          context=(time.monotonic(), datetime.now(UTC), op,
+                                   Decision(Verdict.ALLOW, reason)))
+        out.append(ev.raw)
         self.tracker.expect(Unit.EXECUTE, tracked)
 
     def _close(self, ev: m.Close, out: list[bytes]) -> None:
-        if ev.kind == "S":
-            self._statements.pop(ev.name, None)
-        else:
-            self._portals.pop(ev.name, None)
+        # Applied when the server confirms it: a Close skipped after an error closes nothing.
+        target = (self._statements if ev.kind == "S" else self._portals).get(ev.name)
+        tracked = Tracked(0, "close", ev.name, extra={"kind": ev.kind, "target": target})
         out.append(ev.raw)
-        self.tracker.expect(Unit.CLOSE)
+        self.tracker.expect(Unit.CLOSE, tracked)
 
     # -- server -> client ---------------------------------------------------------
 
@@ -497,20 +554,29 @@ class PgSession:
     def _completed(self, t: Tracked) -> None:
         if t.kind == "describe":
             return
+        if t.kind == "close":
+            if t.error is None and not t.skipped and t.extra is not None:
+                names: dict[str, Any] = (self._statements if t.extra["kind"] == "S"
+                                         else self._portals)
+                if names.get(t.text) is t.extra["target"]:
+                    names.pop(t.text, None)
+            return
         start, started_at, op, decision = t.context
         if t.kind == "parse" and t.extra is not None:
             name = t.extra["name"]
             if t.denial is None and t.error is None and not t.skipped:
                 return  # a successful Parse is recorded when it is executed
-            # The server does not have this statement: restore what it does have.
-            prev = t.extra["previous"]
-            if name == "" or prev is None:
-                self._statements.pop(name, None)
-            else:
-                self._statements[name] = prev
-        if (t.error is not None and t.extra is not None and self._tx_status == "I"
-                and self.sql_ctx is not None and "ctx_before" in t.extra):
-            # The server rolled the failed statement's implicit transaction back.
+            # The server does not have this statement: restore what it does have,
+            # unless a later pipelined Parse has replaced it since.
+            if self._statements.get(name) is t.extra["installed"]:
+                prev = t.extra["previous"]
+                if name == "" or prev is None:
+                    self._statements.pop(name, None)
+                else:
+                    self._statements[name] = prev
+        if (t.extra is not None and self.sql_ctx is not None and "ctx_before" in t.extra
+                and (t.skipped or (t.error is not None and self._tx_status == "I"))):
+            # Skipped, or failed and rolled back with its implicit transaction.
             self.sql_ctx = after_failure(t.extra["ctx_before"], self.sql_ctx)
         if t.denial is not None:
             error: str | None = t.denial.message
