@@ -577,7 +577,15 @@ class PgSession:
         if (t.extra is not None and self.sql_ctx is not None and "ctx_before" in t.extra
                 and (t.skipped or (t.error is not None and self._tx_status == "I"))):
             # Skipped, or failed and rolled back with its implicit transaction.
-            self.sql_ctx = after_failure(t.extra["ctx_before"], self.sql_ctx)
+            before, after = t.extra["ctx_before"], self.sql_ctx
+            ctx = after_failure(before, after)
+            if not t.skipped and any(a.action == "transaction" for a in op.actions):
+                # A COMMIT before the failing statement may have made some of its
+                # settings stick: which, the gateway cannot tell. Names resolve
+                # against both paths until the next SET search_path.
+                merged = tuple(dict.fromkeys((*before.search_path, *after.search_path)))
+                ctx = replace(ctx, search_path=merged)
+            self.sql_ctx = ctx
         if t.denial is not None:
             error: str | None = t.denial.message
             verdict = decision.verdict

@@ -1,4 +1,4 @@
-"""Review findings on the PostgreSQL relay: each test shows one real bug (xfail, strict).
+"""Attacks on the PostgreSQL relay found in review, each kept as a regression test.
 
 A read-only identity (ci-test: policy allows ``read``, denies reading the
 "secret" schema) talks to the gateway with a raw wire-protocol client, so the
@@ -239,9 +239,6 @@ def test_prepared_statement_reruns_under_new_search_path(gw: GatewayHarness) -> 
         assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "after_failure() rolls the whole Query's context back although a COMMIT inside the "
-    "multi-statement Query already made SET search_path permanent on the server"))
 def test_failure_after_commit_in_multi_statement_desyncs_search_path(
         gw: GatewayHarness) -> None:
     c = Raw(gw)
