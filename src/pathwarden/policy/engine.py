@@ -1,6 +1,6 @@
 """The policy engine: turns a classified :class:`~pathwarden.model.Operation` into a Decision.
 
-Theory of operation (docs/policy-semantics.md, "Policies"):
+Theory of operation (docs/policy.md, "How a statement is decided"):
 
 1. An operation the classifier could not classify (``op.unclassified``) is
    denied with the classifier's reason (fail closed).

@@ -70,7 +70,7 @@ _DDL_OBJECTS = (
     "trigger", "type", "view",
 )
 
-#: Every action class and its kinds (see docs/policy-semantics.md). ``function``
+#: Every action class and its kinds (see docs/policy.md). ``function``
 #: kinds are ``call_<function name>`` and ``unknown`` kinds are parser node
 #: names; neither can be listed, so both sets are empty here.
 ACTION_CLASSES: Mapping[str, frozenset[str]] = {

@@ -17,7 +17,7 @@ Theory of operation
    excluded by scope), function calls, and statements nested anywhere
    (data-modifying CTEs, locking sub-selects, ``CREATE TABLE AS EXECUTE``).
 3. *Classification.* :mod:`.sql_statements` gives each statement node its class
-   and kind (the spec table in ``docs/policy-semantics.md``); nested
+   and kind (the table in ``docs/policy.md``); nested
    statements and calls to ``ctx.side_effect_functions`` raise it, and the most
    privileged contribution wins. EXPLAIN without ANALYZE is a read whatever it
    explains; EXPLAIN ANALYZE and PREPARE carry the inner classification.
