@@ -132,6 +132,11 @@ class SqlContext:
     # (transaction ends, RESET, DISCARD ALL) moves them to the refusing side until
     # the server reports their value again.
     lexing_unsettled: bool = False
+    # What RESET / DISCARD ALL / SET ... TO DEFAULT return search_path to: the
+    # session's starting value (role and database defaults included).
+    default_search_path: tuple[str, ...] = _DEFAULT_SEARCH_PATH
+    # The upstream login user, which "$user" in search_path names (None: dropped).
+    login_user: str | None = None
 
     def __post_init__(self) -> None:
         functions = self.side_effect_functions
@@ -361,12 +366,18 @@ def _apply_one(ctx: SqlContext, action: Action, text: str) -> SqlContext:
                 prepared.pop(name, None)
             changes["prepared"] = MappingProxyType(prepared)
     elif kind == "discard" and "all" in flags:
-        changes.update(prepared=_EMPTY_PREPARED, search_path=_DEFAULT_SEARCH_PATH,
+        changes.update(prepared=_EMPTY_PREPARED, search_path=ctx.default_search_path,
                        session_search_path=None, tx_frames=())
     elif kind == "set_search_path":
-        changes.update(_set_path(ctx, tuple(action.names("search_path")), "local" in flags))
+        if "default" in flags:
+            path = ctx.default_search_path
+        else:
+            names = [ctx.login_user if name == "$user" else name
+                     for name in action.names("search_path")]
+            path = tuple(dict.fromkeys(name for name in names if name))
+        changes.update(_set_path(ctx, path, "local" in flags))
     elif kind == "reset" and ("all" in flags or "search_path" in action.names("settings")):
-        changes.update(_set_path(ctx, _DEFAULT_SEARCH_PATH, "local" in flags))
+        changes.update(_set_path(ctx, ctx.default_search_path, "local" in flags))
     elif action.action == "transaction":
         changes.update(_transaction(ctx, kind, flags, action.names("savepoints")))
 

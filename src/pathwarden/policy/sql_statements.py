@@ -483,8 +483,8 @@ def search_path_values(args: Any) -> list[str]:
         value = const_text(arg)
         if value is None:
             raise Unclassifiable("cannot classify: unreadable search_path value")
-        if value and value != "$user":
-            out.append(value)
+        if value:
+            out.append(value)  # "$user" is resolved against the session's login user
     return out
 
 

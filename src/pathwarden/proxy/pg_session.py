@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..model import (
+    Action,
     ConnectionRef,
     Decision,
     Identity,
@@ -56,6 +57,8 @@ INSUFFICIENT_PRIVILEGE = "42501"
 _DENIED_SQL = "pathwarden_denied"
 # A portal name no client uses: executing it fails without side effects.
 _DENIED_PORTAL = "pathwarden denied portal"
+_HOLD_BUFFER = 1024 * 1024  # client bytes kept while a statement is held
+_ROLLBACK = Action("transaction", "rollback")
 _MAX_AUDIT_PARAM = 1024
 _MAX_AUDIT_TEXT = 64 * 1024
 _DATA_ROW = ord(m.DataRow.TYPE)
@@ -82,6 +85,12 @@ class _Portal:
     statement: str
     prepared: _Prepared | None  # what the server bound, captured at Bind
     params: tuple[str | None, ...]
+    # The server plans a portal at Bind: the context it was bound under.
+    ctx: SqlContext | None = None
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _render_param(value: bytes | None, fmt: int, type_oid: int) -> str | None:
@@ -141,6 +150,10 @@ class PgSession:
         self.sql_ctx: SqlContext | None = None
         self._tx_status = "I"
         self._lexing_pending: dict[str, str] = {}
+        self._paths_in_flight: tuple[str, ...] = ()
+        # The search_path the server reported at login (None: unknown).
+        self.initial_search_path: tuple[str, ...] | None = None
+        self._pending_binds: dict[str, _Portal] = {}
         self.closed = asyncio.get_running_loop().create_future()
 
     # -- wiring ---------------------------------------------------------------
@@ -192,7 +205,9 @@ class PgSession:
         t = self.client.transport
         if t is None or t.is_closing():
             return
-        if self._holding or self._client_write_paused:
+        # While a statement is held, keep reading (into the frame buffer, in order)
+        # so that a client going away is noticed; stop only past a bound.
+        if self._client_write_paused or (self._holding and self.front.buffered > _HOLD_BUFFER):
             t.pause_reading()
         else:
             t.resume_reading()
@@ -204,6 +219,8 @@ class PgSession:
         self.front.receive_data(data)
         if not self._holding:
             self._drain_client()
+        elif self.front.buffered > _HOLD_BUFFER:
+            self._update_client_reading()
 
     def _drain_client(self) -> None:
         out: list[bytes] = []
@@ -290,6 +307,20 @@ class PgSession:
         self._drain_client()
 
     def _context(self) -> SqlContext | None:
+        """The context to classify the next statement with.
+
+        While a forwarded statement that may change search_path is still in
+        flight (it may fail, a COMMIT may turn into a ROLLBACK), names resolve
+        against every path the server might be on when it runs this one.
+        """
+        ctx = self._settled_context()
+        if ctx is None or not self._paths_in_flight or not len(self.tracker):
+            self._paths_in_flight = ()
+            return ctx
+        merged = tuple(dict.fromkeys((*ctx.search_path, *self._paths_in_flight)))
+        return ctx if merged == ctx.search_path else replace(ctx, search_path=merged)
+
+    def _settled_context(self) -> SqlContext | None:
         classifier = self.pipeline.classifier
         if classifier is not self._classifier_seen:
             # First statement, or the configuration was reloaded.
@@ -299,10 +330,14 @@ class PgSession:
                 if self.sql_ctx is None:
                     scs = params.get("standard_conforming_strings", "on") == "on"
                     encoding = params.get("client_encoding", "UTF8")
+                    extra: dict[str, Any] = {"login_user": self.target.user}
+                    if self.initial_search_path is not None:
+                        extra["search_path"] = self.initial_search_path
+                        extra["default_search_path"] = self.initial_search_path
                     self.sql_ctx = classifier.new_context(
                         standard_conforming_strings=scs, client_encoding=encoding,
                         lexing_unsettled=not scs or encoding.upper() not in (
-                            "UTF8", "UNICODE", "SQL_ASCII"))
+                            "UTF8", "UNICODE", "SQL_ASCII"), **extra)
                 else:
                     self.sql_ctx = replace(
                         self.sql_ctx, side_effect_functions=classifier.side_effect_functions)
@@ -315,9 +350,17 @@ class PgSession:
         before = self.sql_ctx
         if before is None or not op.actions:
             return
-        self.sql_ctx = apply_to_context(before, op.actions, text)
+        after = apply_to_context(before, op.actions, text)
+        self.sql_ctx = after
         if tracked is not None and tracked.extra is None:
             tracked.extra = {"ctx_before": before}
+        if after.search_path != before.search_path or any(
+                a.action == "transaction" for a in op.actions):
+            # Until the server has run it, either path may be in effect (and a
+            # transaction end may restore any path saved in the transaction).
+            saved = tuple(p for frame in before.tx_frames for p in frame[1])
+            self._paths_in_flight = tuple(dict.fromkeys(
+                (*self._paths_in_flight, *before.search_path, *after.search_path, *saved)))
 
     def _apply(self, ev: m.Message, op: Operation, decision: Decision, out: list[bytes]) -> None:
         tracked = Tracked(op.seq, op.kind, op.text,
@@ -333,8 +376,9 @@ class PgSession:
             self.tracker.expect(Unit.QUERY, tracked)
         elif cls is m.Parse:
             assert isinstance(ev, m.Parse)
+            ctx_now = self._context()
             installed = _Prepared(ev.query, op, decision, ev.param_types,
-                                  self.sql_ctx.search_path if self.sql_ctx else None)
+                                  ctx_now.search_path if ctx_now else None)
             tracked.extra = {"name": ev.name, "previous": self._statements.get(ev.name),
                              "installed": installed}
             self._statements[ev.name] = installed
@@ -371,12 +415,16 @@ class PgSession:
             _render_param(v, ev.param_format(i), types[i] if i < len(types) else 0)
             for i, v in enumerate(ev.params)
         )
-        self._portals[ev.portal] = _Portal(ev.statement, prepared, params)
+        portal = _Portal(ev.statement, prepared, params, self._context())
+        # Bound when the server confirms it: a failed Bind leaves the old portal.
+        self._pending_binds[ev.portal] = portal
         out.append(ev.raw)
-        self.tracker.expect(Unit.BIND)
+        self.tracker.expect(Unit.BIND, Tracked(0, "bind", ev.portal, extra={"portal": portal}))
 
     def _execute(self, ev: m.Execute, out: list[bytes]) -> None:
-        portal = self._portals.get(ev.portal)
+        # A pipelined Bind not yet confirmed is what this Execute will run if it succeeds
+        # (if it fails, the server skips this Execute).
+        portal = self._pending_binds.get(ev.portal) or self._portals.get(ev.portal)
         prepared = portal.prepared if portal is not None else None
         if prepared is not None and not prepared.decision.allowed:
             # A denied statement: the server skips this until Sync (its Parse failed).
@@ -389,13 +437,10 @@ class PgSession:
             self._execute_unknown(ev, portal, params, out)
             return
         op, decision = prepared.op, prepared.decision
-        ctx = self.sql_ctx
+        ctx = portal.ctx if portal is not None else None
         if ctx is not None and prepared.search_path not in (None, ctx.search_path):
-            # The server re-plans it under the new search_path: decide again.
-            op, result = self.pipeline.decide(replace(op, seq=self._seq), ctx)
-            decision = result if isinstance(result, Decision) else Decision(
-                Verdict.DENY, "re-checking a prepared statement under a new search_path "
-                "cannot wait for a decision; prepare it again", policy=decision.policy)
+            # The server planned it at Bind under another search_path: decide again.
+            op, decision = self._redecide(op, ctx, decision.policy)
         tracked = Tracked(self._seq, "execute", prepared.text, params,
                           context=(time.monotonic(), datetime.now(UTC), op, decision))
         if decision.verdict is Verdict.ALLOW:
@@ -417,8 +462,25 @@ class PgSession:
         """
         name = portal.statement if portal is not None else None
         stored = self.sql_ctx.prepared.get(name) if self.sql_ctx and name else None
+        if stored and stored[0].text and portal is not None and portal.ctx is not None:
+            # A statement made by SQL PREPARE, run through the protocol: decide it
+            # like an EXECUTE of it, under the context it was bound in.
+            text = stored[0].text
+            op = Operation(session_id=self.record.id, seq=self._seq, identity=self.identity,
+                           connection=self.connection, protocol=Protocol.POSTGRES,
+                           kind="execute", text=f"EXECUTE {_quote_ident(name or '')}")
+            op, decision = self._redecide(op, portal.ctx, None)
+            tracked = Tracked(self._seq, "execute", text, params,
+                              context=(time.monotonic(), datetime.now(UTC), op, decision))
+            if decision.verdict is Verdict.ALLOW:
+                out.append(ev.raw)
+            else:
+                tracked.denial = self._denial(op, decision)
+                out.append(m.Execute(portal=_DENIED_PORTAL).encode())
+            self.tracker.expect(Unit.EXECUTE, tracked)
+            return
         if stored:
-            text = stored[0].text or f"<statement {name} prepared with SQL PREPARE>"
+            text = f"<statement {name} prepared with SQL PREPARE>"
             reason = "prepared with SQL PREPARE, which was decided like this statement"
         else:
             text = (f"<unknown statement {name!r}>" if portal is not None
@@ -432,6 +494,19 @@ class PgSession:
                                    Decision(Verdict.ALLOW, reason)))
         out.append(ev.raw)
         self.tracker.expect(Unit.EXECUTE, tracked)
+
+    def _redecide(self, op: Operation, ctx: SqlContext,
+                  policy: str | None) -> tuple[Operation, Decision]:
+        """Decide ``op`` again under ``ctx``; no waiting is possible at this point."""
+        op, result = self.pipeline.decide(replace(op, seq=self._seq), ctx)
+        if isinstance(result, Decision):
+            return op, result
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()  # never awaited: don't leave a coroutine (or a request) pending
+        return op, Decision(Verdict.DENY, "re-checking a prepared statement under a new "
+                            "search_path cannot wait for a decision; prepare it again",
+                            policy=policy)
 
     def _close(self, ev: m.Close, out: list[bytes]) -> None:
         # Applied when the server confirms it: a Close skipped after an error closes nothing.
@@ -554,6 +629,14 @@ class PgSession:
     def _completed(self, t: Tracked) -> None:
         if t.kind == "describe":
             return
+        if t.kind == "bind":
+            assert t.extra is not None
+            portal = t.extra["portal"]
+            if self._pending_binds.get(t.text) is portal:
+                del self._pending_binds[t.text]
+            if t.error is None and not t.skipped:
+                self._portals[t.text] = portal
+            return
         if t.kind == "close":
             if t.error is None and not t.skipped and t.extra is not None:
                 names: dict[str, Any] = (self._statements if t.extra["kind"] == "S"
@@ -575,6 +658,12 @@ class PgSession:
                 else:
                     self._statements[name] = prev
         if (t.extra is not None and self.sql_ctx is not None and "ctx_before" in t.extra
+                and t.tag == "ROLLBACK" and any(
+                    a.action == "transaction" and a.kind in ("commit", "prepare_transaction")
+                    for a in op.actions)):
+            # COMMIT of a failed transaction: the server rolled it back instead.
+            self.sql_ctx = apply_to_context(t.extra["ctx_before"], (_ROLLBACK,))
+        elif (t.extra is not None and self.sql_ctx is not None and "ctx_before" in t.extra
                 and (t.skipped or (t.error is not None and self._tx_status == "I"))):
             # Skipped, or failed and rolled back with its implicit transaction.
             before, after = t.extra["ctx_before"], self.sql_ctx

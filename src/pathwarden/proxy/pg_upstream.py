@@ -74,6 +74,9 @@ class Upstream:
     key: m.BackendKeyData | None
     notices: list[m.NoticeResponse]
     leftover: bytes = b""
+    # The session's search_path as the server has it (role and database defaults
+    # included), "$user" replaced by the login user: what unqualified names mean.
+    search_path: tuple[str, ...] | None = None
 
 
 async def _dial(target: UpstreamTarget) -> Leg:
@@ -240,8 +243,71 @@ async def _login(leg: Leg, target: UpstreamTarget, params: Mapping[str, str]) ->
             notices.append(ev)
         elif isinstance(ev, m.ReadyForQuery):
             assert conn.phase is Phase.READY
+            path = await _search_path(leg, conn, target)
             leftover = leg.take_buffer()
-            return Upstream(leg, conn, parameters, key, notices, leftover)
+            return Upstream(leg, conn, parameters, key, notices, leftover, path)
+
+
+async def _search_path(leg: Leg, conn: ClientConnection,
+                       target: UpstreamTarget) -> tuple[str, ...] | None:
+    """Ask the server for the session's search_path before the client takes over."""
+    leg.write(conn.send(m.Query(text="SHOW search_path")))
+    value: str | None = None
+    failed = False
+    while True:
+        ev = await _next(leg, conn, target.connect_timeout)
+        if isinstance(ev, m.DataRow):
+            values = ev.values()
+            if values and values[0] is not None:
+                value = values[0].decode("utf-8", "replace")
+        elif isinstance(ev, m.ErrorResponse):
+            failed = True
+        elif isinstance(ev, m.ReadyForQuery):
+            break
+    if failed or value is None:
+        return None
+    return parse_search_path(value, target.user)
+
+
+def parse_search_path(value: str, user: str) -> tuple[str, ...]:
+    """Schemas of a ``search_path`` setting, ``"$user"`` replaced by ``user``."""
+    schemas: list[str] = []
+    for raw in _split_identifiers(value):
+        if raw == "$user":
+            schemas.append(user)
+        elif raw:
+            schemas.append(raw)
+    return tuple(dict.fromkeys(schemas))
+
+
+def _split_identifiers(value: str) -> list[str]:
+    out: list[str] = []
+    i, n = 0, len(value)
+    while i < n:
+        while i < n and value[i] in " \t,":
+            i += 1
+        if i >= n:
+            break
+        if value[i] == '"':
+            j, name = i + 1, []
+            while j < n:
+                if value[j] == '"':
+                    if j + 1 < n and value[j + 1] == '"':
+                        name.append('"')
+                        j += 2
+                        continue
+                    break
+                name.append(value[j])
+                j += 1
+            out.append("".join(name))
+            i = j + 1
+        else:
+            j = i
+            while j < n and value[j] != ",":
+                j += 1
+            out.append(value[i:j].strip().lower())
+            i = j
+    return out
 
 
 async def send_cancel(target: UpstreamTarget, key: m.BackendKeyData) -> None:
