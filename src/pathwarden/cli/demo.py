@@ -112,6 +112,8 @@ def _prepare_database(socket_dir: Path, port: int, password: str, pgdata: Path) 
         else:
             conn.execute(psycopg.sql.SQL("create role app login password {}").format(
                 psycopg.sql.Literal(password)))
+        # Unqualified names then mean public.<table> only (see docs/policy.md).
+        conn.execute("alter role app set search_path = public")
     hba = pgdata / "pg_hba.conf"
     rule = "local all app scram-sha-256\n"
     text = hba.read_text()
