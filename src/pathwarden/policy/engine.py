@@ -239,7 +239,8 @@ class PolicyEngine:
                             f"{section}[{number}]", subject,
                             _rule_detail(section, ident, policy.name, section, number, rule))
         allowing = [p.name for p in policies if p.allow]
-        if action.action in PLUMBING_CLASSES and allowing:
+        # Two-phase commit acts on transactions of other sessions: it needs a rule.
+        if action.action in PLUMBING_CLASSES and allowing and "two_phase" not in action.flags:
             what = "transaction control" if action.action == "transaction" else "session setup"
             return ActionDecision(
                 index, action, Verdict.ALLOW, allowing[0], "plumbing", subject,

@@ -85,13 +85,14 @@ ACTION_CLASSES: Mapping[str, frozenset[str]] = {
     "ddl": frozenset(
         {f"{verb}_{obj}" for verb in ("create", "alter", "drop") for obj in _DDL_OBJECTS}
         | {"create_temp_table", "create_table_as", "comment", "rename",
-           "import_foreign_schema", "alter_extension_dependency"}
+           "import_foreign_schema", "alter_extension_dependency", "write_system_catalog"}
     ),
     "privilege": frozenset({
         "grant", "revoke", "create_role", "alter_role", "drop_role", "set_role", "reset_role",
         "set_session_authorization", "reset_session_authorization", "alter_default_privileges",
         "alter_system", "security_label", "reassign_owned", "drop_owned",
         "create_user_mapping", "alter_user_mapping", "drop_user_mapping", "load", "alter_owner",
+        "write_role_catalog", "set_privileged_setting", "reset_privileged_setting",
     }),
     "function": frozenset(),
     "procedural": frozenset({"do", "call"}),

@@ -100,6 +100,21 @@ DEFAULT_SIDE_EFFECT_FUNCTIONS: frozenset[str] = frozenset({
     "pg_stat_reset", "pg_stat_reset_shared", "pg_import_system_collations",
     # the function spelling of statements that are `write`
     "pg_notify", "setval", "nextval", "lo_create", "lo_creat", "lowrite", "lo_truncate64",
+    # contrib functions that run SQL given as text
+    "crosstab", "crosstab2", "crosstab3", "crosstab4", "connectby", "xpath_table",
+    # contrib functions that change data or read server files
+    "heap_force_kill", "heap_force_freeze", "pg_truncate_visibility_map",
+    "pg_stat_statements_reset", "pg_logdir_ls", "pg_file_read", "pg_file_length",
+    "pg_logfile_rotate",
+    # core functions with effects beyond the statement
+    "pg_read_file_old", "pg_rotate_logfile_old", "pg_stat_reset_single_table_counters",
+    "pg_stat_reset_single_function_counters", "pg_stat_reset_slru",
+    "pg_stat_reset_replication_slot", "pg_stat_reset_subscription_stats",
+    "pg_replication_origin_advance", "pg_replication_origin_xact_setup",
+    "pg_replication_origin_xact_reset", "pg_replication_origin_session_reset",
+    "brin_summarize_new_values", "brin_summarize_range",
+    "brin_desummarize_range", "gin_clean_pending_list", "pg_log_backend_memory_contexts",
+    "pg_nextoid", "pg_hba_file_rules", "pg_ident_file_mappings", "pg_show_all_file_settings",
 })
 
 _DEFAULT_SEARCH_PATH: tuple[str, ...] = ("public",)
@@ -287,6 +302,7 @@ def _classify(sql: str, ctx: SqlContext, depth: int) -> _Outcome:
             action = Action(part.action, part.kind,
                             MappingProxyType(_st.frozen_objects(part.objects)),
                             frozenset(part.flags), text)
+            action = _guard_catalogs(action)
             actions.append(action)
             if multi and (action.kind in _st.STATEFUL_KINDS or "prepare" in action.flags):
                 current = _apply_one(current, action, text)
@@ -301,6 +317,27 @@ def _classify(sql: str, ctx: SqlContext, depth: int) -> _Outcome:
             error = f"cannot classify: internal error ({type(exc).__name__}: {exc})"
         uses_prepared = uses_prepared or (env is not None and env.uses_prepared)
         return _Outcome(SqlClassification((), error), (), uses_prepared)
+
+
+# The catalogs whose rows are roles, memberships and grants.
+_ROLE_CATALOGS = frozenset({
+    "pg_catalog.pg_authid", "pg_catalog.pg_auth_members", "pg_catalog.pg_db_role_setting",
+    "pg_catalog.pg_default_acl", "pg_catalog.pg_init_privs", "pg_catalog.pg_shdepend",
+})
+
+
+def _guard_catalogs(action: Action) -> Action:
+    """A write to a system catalog is schema (or role) surgery, never a plain write."""
+    if action.action != "write":
+        return action
+    tables = action.names("tables")
+    if not any(t.startswith("pg_catalog.") for t in tables):
+        return action
+    if any(t in _ROLE_CATALOGS for t in tables):
+        return Action("privilege", "write_role_catalog", action.objects,
+                      action.flags | {action.kind}, action.text)
+    return Action("ddl", "write_system_catalog", action.objects,
+                  action.flags | {action.kind}, action.text)
 
 
 # --- session context -----------------------------------------------------------

@@ -435,6 +435,19 @@ def _transaction(f: Fields, env: Env) -> Part:
 
 
 _PRIVILEGED_SETTINGS = {"role": "role", "session_authorization": "session_authorization"}
+# Settings that bypass integrity checks, triggers or the server's own audit: a
+# `privilege` action, never session plumbing.
+_GUARDED_SETTINGS = frozenset({
+    "session_replication_role", "allow_system_table_mods", "zero_damaged_pages",
+    "ignore_checksum_failure", "ignore_system_indexes", "lo_compat_privileges",
+    "row_security", "default_transaction_read_only", "transaction_read_only",
+    "session_preload_libraries", "local_preload_libraries", "jit_provider",
+})
+_GUARDED_PREFIXES = ("log_", "pgaudit.", "debug_", "trace_")
+
+
+def _guarded(name: str) -> bool:
+    return name in _GUARDED_SETTINGS or name.startswith(_GUARDED_PREFIXES)
 
 
 def _set(f: Fields, env: Env) -> Part:
@@ -453,6 +466,9 @@ def _set(f: Fields, env: Env) -> Part:
     elif name in _PRIVILEGED_SETTINGS:
         verb = "reset" if kind == "VAR_RESET" else "set"
         part = Part("privilege", f"{verb}_{_PRIVILEGED_SETTINGS[name]}")
+    elif _guarded(name):
+        verb = "reset" if kind == "VAR_RESET" else "set"
+        part = Part("privilege", f"{verb}_privileged_setting")
     elif kind == "VAR_RESET":
         part = Part("session", "reset")
     elif name == "search_path":
