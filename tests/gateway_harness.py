@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Mapping
+import time
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -135,6 +136,27 @@ def _quote(value: str) -> str:
     if value and all(c not in value for c in " '\\"):
         return value
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 5.0,
+               what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something true; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def poll(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll ``predicate`` until true; False after ``timeout`` (for asserts with messages)."""
+    try:
+        return bool(wait_until(predicate, timeout))
+    except AssertionError:
+        return False
 
 
 def write_config(path: Path, config: Mapping[str, Any]) -> Path:

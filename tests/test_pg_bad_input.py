@@ -14,13 +14,12 @@ import resource
 import socket
 import struct
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import psycopg
 import pytest
 
-from gateway_harness import GatewayHarness
+from gateway_harness import GatewayHarness, wait_until
 from pathwarden.model import SessionRecord, StatementRecord
 from pathwarden.protocols.postgres import messages as m
 
@@ -34,15 +33,6 @@ Frame = tuple[bytes, bytes]  # (type byte, payload)
 # --------------------------------------------------------------------------- helpers
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 class RawClient:

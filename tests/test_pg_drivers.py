@@ -13,28 +13,20 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import psycopg
 import pytest
 
-from gateway_harness import GatewayHarness
+from gateway_harness import GatewayHarness, poll
 from pathwarden.model import SessionRecord, StatementRecord
 from pgserver import PgServer
 
 # -- helpers -------------------------------------------------------------------------
 
 
-def _wait_until(pred: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if pred():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
 
 
 def _local_port_psycopg(conn: psycopg.Connection | psycopg.AsyncConnection) -> int:
@@ -63,7 +55,7 @@ def _session_at(gateway: GatewayHarness, port: int, ended: bool = True) -> Sessi
                 return s.ended_at is not None or not ended
         return False
 
-    assert _wait_until(look), f"no {'ended ' if ended else ''}session from port {port}"
+    assert poll(look), f"no {'ended ' if ended else ''}session from port {port}"
     return found[0]
 
 
@@ -695,7 +687,7 @@ def test_asyncpg_50_concurrent_sessions(gateway: GatewayHarness) -> None:
         return await asyncio.gather(*(one(i) for i in range(50)))
 
     assert asyncio.run(main()) == [5 * i + 10 for i in range(50)]
-    assert _wait_until(lambda: gateway.live_sessions() <= baseline), (
+    assert poll(lambda: gateway.live_sessions() <= baseline), (
         f"{gateway.live_sessions()} live sessions, expected {baseline}")
     sessions = [s for s in gateway.sessions(since=started, limit=1000)
                 if s.ended_at is not None]

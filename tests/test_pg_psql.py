@@ -12,13 +12,13 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from gateway_harness import GatewayHarness
+from gateway_harness import GatewayHarness, poll
 from pathwarden.model import SessionRecord, StatementRecord
 from pgserver import PgServer
 
@@ -27,14 +27,6 @@ CANCELED = "canceling statement due to user request"
 # -- helpers -------------------------------------------------------------------------
 
 
-def _wait_until(pred: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if pred():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
 
 
 def _conninfo(gateway: GatewayHarness, sslmode: str = "disable", host: str = "127.0.0.1",
@@ -78,7 +70,7 @@ def _session_with(gateway: GatewayHarness, marker: str
                 return True
         return False
 
-    assert _wait_until(look), f"no ended session ran a statement containing {marker!r}"
+    assert poll(look), f"no ended session ran a statement containing {marker!r}"
     return found[0]
 
 
@@ -296,7 +288,7 @@ def test_psql_ctrl_c_cancels_running_statement(gateway: GatewayHarness, pg_serve
     )
     try:
         # Interrupt once the statement runs upstream (~1 s after starting psql).
-        assert _wait_until(lambda: _server(pg_server, running) == ["1"], 10)
+        assert poll(lambda: _server(pg_server, running) == ["1"], 10)
         time.sleep(0.5)
         sent = time.monotonic()
         proc.send_signal(signal.SIGINT)
@@ -326,7 +318,7 @@ def test_psql_killed_mid_statement(gateway: GatewayHarness, pg_server: PgServer)
         env=_env(gateway.token()), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        assert _wait_until(lambda: _server(pg_server, running) == ["1"], 10)
+        assert poll(lambda: _server(pg_server, running) == ["1"], 10)
     finally:
         proc.kill()
         proc.wait()
@@ -396,7 +388,7 @@ def test_pgbench_select_only(gateway: GatewayHarness, pgbench_db: None, mode: st
         stmts[:] = recorded()
         return len(stmts) >= transactions
 
-    assert _wait_until(all_recorded, 10), (len(stmts), transactions)
+    assert poll(all_recorded, 10), (len(stmts), transactions)
     assert all(s.error is None and s.rows == 1 for s in stmts)
     assert all(s.command_tag == "SELECT 1" for s in stmts)
     if mode == "simple":

@@ -17,7 +17,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,7 +26,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from gateway_harness import GatewayHarness, standard_config, write_config
+from gateway_harness import GatewayHarness, standard_config, wait_until, write_config
 from pathwarden.config import load_config
 from pathwarden.identity.tokens import IssuedToken
 from pathwarden.model import SessionRecord, StatementRecord
@@ -40,15 +40,6 @@ SLEEP_SQL = "select pg_sleep(10)"
 # --------------------------------------------------------------------------- helpers
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def issue(gw: GatewayHarness, identity: str = "ci-test") -> IssuedToken:
