@@ -319,7 +319,7 @@ class PostgresListener:
             on_end=gw.session_ended,
         )
         session.server_parameters.update(upstream.parameters)
-        session.initial_search_path = upstream.search_path
+        session.sql.initial_search_path = upstream.search_path
         gw.session_started(session, (cancel_pid, cancel_secret))
         log.info("session %s started: identity=%s connection=%s client=%s tls=%s", record.id,
                  identity.name, dbname, record.client_addr, leg.is_tls())

@@ -30,7 +30,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..model import (
-    Action,
     ConnectionRef,
     Decision,
     Identity,
@@ -40,12 +39,13 @@ from ..model import (
     StatementRecord,
     Verdict,
 )
-from ..policy.sql import PostgresClassifier, SqlContext, after_failure, apply_to_context
+from ..policy.sql import SqlContext
 from ..protocols.postgres import messages as m
 from ..protocols.postgres.connection import NEED_DATA, ClientConnection, ServerConnection
 from ..protocols.postgres.errors import ProtocolError
 from ..protocols.postgres.tracker import ResponseTracker, Tracked, Unit
 from ..protocols.postgres.values import render_binary
+from .pg_sql_state import LEXING_PARAMETERS, SqlState
 from .pg_upstream import UpstreamTarget, send_cancel
 from .pipeline import Pipeline
 from .stream import Leg
@@ -58,7 +58,6 @@ _DENIED_SQL = "pathwarden_denied"
 # A portal name no client uses: executing it fails without side effects.
 _DENIED_PORTAL = "pathwarden denied portal"
 _HOLD_BUFFER = 1024 * 1024  # client bytes kept while a statement is held
-_ROLLBACK = Action("transaction", "rollback")
 _MAX_AUDIT_PARAM = 1024
 _MAX_AUDIT_TEXT = 64 * 1024
 _DATA_ROW = ord(m.DataRow.TYPE)
@@ -66,7 +65,6 @@ _ERROR = ord(m.ErrorResponse.TYPE)
 _PARAMETER_STATUS = ord(m.ParameterStatus.TYPE)
 _PARAMETER_DESCRIPTION = ord(m.ParameterDescription.TYPE)
 _READY = ord(m.ReadyForQuery.TYPE)
-_LEXING_PARAMETERS = frozenset({"standard_conforming_strings", "client_encoding"})
 
 
 @dataclass(slots=True, eq=False)
@@ -146,13 +144,8 @@ class PgSession:
         self.server_parameters: dict[str, str] = {}
         # How the server reads SQL in this session (search_path, PREPAREd names,
         # lexing settings): what the classifier needs to read it the same way.
-        self._classifier_seen: object | None = None
-        self.sql_ctx: SqlContext | None = None
+        self.sql = SqlState(self.server_parameters, target.user)
         self._tx_status = "I"
-        self._lexing_pending: dict[str, str] = {}
-        self._paths_in_flight: tuple[str, ...] = ()
-        # The search_path the server reported at login (None: unknown).
-        self.initial_search_path: tuple[str, ...] | None = None
         self._pending_binds: dict[str, _Portal] = {}
         self.closed = asyncio.get_running_loop().create_future()
 
@@ -307,60 +300,13 @@ class PgSession:
         self._drain_client()
 
     def _context(self) -> SqlContext | None:
-        """The context to classify the next statement with.
-
-        While a forwarded statement that may change search_path is still in
-        flight (it may fail, a COMMIT may turn into a ROLLBACK), names resolve
-        against every path the server might be on when it runs this one.
-        """
-        ctx = self._settled_context()
-        if ctx is None or not self._paths_in_flight or not len(self.tracker):
-            self._paths_in_flight = ()
-            return ctx
-        merged = tuple(dict.fromkeys((*ctx.search_path, *self._paths_in_flight)))
-        return ctx if merged == ctx.search_path else replace(ctx, search_path=merged)
-
-    def _settled_context(self) -> SqlContext | None:
-        classifier = self.pipeline.classifier
-        if classifier is not self._classifier_seen:
-            # First statement, or the configuration was reloaded.
-            self._classifier_seen = classifier
-            if isinstance(classifier, PostgresClassifier):
-                params = self.server_parameters
-                if self.sql_ctx is None:
-                    scs = params.get("standard_conforming_strings", "on") == "on"
-                    encoding = params.get("client_encoding", "UTF8")
-                    extra: dict[str, Any] = {"login_user": self.target.user}
-                    if self.initial_search_path is not None:
-                        extra["search_path"] = self.initial_search_path
-                        extra["default_search_path"] = self.initial_search_path
-                    self.sql_ctx = classifier.new_context(
-                        standard_conforming_strings=scs, client_encoding=encoding,
-                        lexing_unsettled=not scs or encoding.upper() not in (
-                            "UTF8", "UNICODE", "SQL_ASCII"), **extra)
-                else:
-                    self.sql_ctx = replace(
-                        self.sql_ctx, side_effect_functions=classifier.side_effect_functions)
-            else:
-                self.sql_ctx = None
-        return self.sql_ctx
+        return self.sql.for_statement(self.pipeline.classifier, bool(len(self.tracker)))
 
     def _ran(self, op: Operation, text: str, tracked: Tracked | None) -> None:
         """An allowed statement goes to the server: advance the session's SQL context."""
-        before = self.sql_ctx
-        if before is None or not op.actions:
-            return
-        after = apply_to_context(before, op.actions, text)
-        self.sql_ctx = after
-        if tracked is not None and tracked.extra is None:
+        before = self.sql.ran(op, text)
+        if before is not None and tracked is not None and tracked.extra is None:
             tracked.extra = {"ctx_before": before}
-        if after.search_path != before.search_path or any(
-                a.action == "transaction" for a in op.actions):
-            # Until the server has run it, either path may be in effect (and a
-            # transaction end may restore any path saved in the transaction).
-            saved = tuple(p for frame in before.tx_frames for p in frame[1])
-            self._paths_in_flight = tuple(dict.fromkeys(
-                (*self._paths_in_flight, *before.search_path, *after.search_path, *saved)))
 
     def _apply(self, ev: m.Message, op: Operation, decision: Decision, out: list[bytes]) -> None:
         tracked = Tracked(op.seq, op.kind, op.text,
@@ -461,7 +407,8 @@ class PgSession:
         prepares); anything else makes the server fail the Execute.
         """
         name = portal.statement if portal is not None else None
-        stored = self.sql_ctx.prepared.get(name) if self.sql_ctx and name else None
+        ctx = self.sql.ctx
+        stored = ctx.prepared.get(name) if ctx is not None and name else None
         if stored and stored[0].text and portal is not None and portal.ctx is not None:
             # A statement made by SQL PREPARE, run through the protocol: decide it
             # like an EXECUTE of it, under the context it was bound in.
@@ -533,8 +480,8 @@ class PgSession:
                         f"{self.connection.name}: {exc.message}")
             self.end(f"upstream protocol error: {exc.message}")
             return
-        if self._lexing_pending and not len(self.tracker):
-            self._settle_lexing()
+        if self.sql.unsettled and not len(self.tracker):
+            self.sql.settle()
         self.record.bytes_to_client += len(out)
         self.client.write(out)
 
@@ -562,8 +509,8 @@ class PgSession:
             elif t == _PARAMETER_STATUS:
                 ps = m.ParameterStatus.decode(bytes(view[s + 5 : e]))
                 self.server_parameters[ps.name] = ps.value
-                if ps.name in _LEXING_PARAMETERS:
-                    self._lexing_reported(ps.name, ps.value)
+                if ps.name in LEXING_PARAMETERS:
+                    self.sql.lexing_reported(ps.name, ps.value)
             elif t == _PARAMETER_DESCRIPTION:
                 head = tracker.head()
                 if head is not None and head.kind == "describe":
@@ -584,41 +531,6 @@ class PgSession:
             pos = e
         parts.append(chunk[pos:])
         return b"".join(parts)
-
-    def _lexing_reported(self, name: str, value: str) -> None:
-        """The server reported a lexing setting (standard_conforming_strings, client_encoding).
-
-        A refusing value (off, not UTF8) applies at once. A permissive one waits
-        until every forwarded statement has completed: a statement still in flight
-        (a ROLLBACK, RESET, DISCARD) may revert it, and what the client sends next
-        must be read as the server will read it.
-        """
-        ctx = self.sql_ctx
-        if ctx is None:
-            return
-        permissive = value == "on" if name == "standard_conforming_strings" else (
-            value.upper().replace("-", "").replace("_", "") in ("UTF8", "UNICODE", "SQLASCII"))
-        if permissive:
-            self._lexing_pending[name] = value
-            return
-        self._lexing_pending.pop(name, None)
-        if name == "standard_conforming_strings":
-            self.sql_ctx = replace(ctx, standard_conforming_strings=False, lexing_unsettled=True)
-        else:
-            self.sql_ctx = replace(ctx, client_encoding=value, lexing_unsettled=True)
-
-    def _settle_lexing(self) -> None:
-        """Nothing in flight: the server's last reported values are its current ones."""
-        pending = self._lexing_pending
-        ctx = self.sql_ctx
-        if ctx is None or not pending:
-            return
-        if "standard_conforming_strings" in pending:
-            ctx = replace(ctx, standard_conforming_strings=True)
-        if "client_encoding" in pending:
-            ctx = replace(ctx, client_encoding=pending["client_encoding"])
-        pending.clear()
-        self.sql_ctx = ctx
 
     def _send_client(self, out: list[bytes]) -> None:
         if out:
@@ -657,24 +569,9 @@ class PgSession:
                     self._statements.pop(name, None)
                 else:
                     self._statements[name] = prev
-        if (t.extra is not None and self.sql_ctx is not None and "ctx_before" in t.extra
-                and t.tag == "ROLLBACK" and any(
-                    a.action == "transaction" and a.kind in ("commit", "prepare_transaction")
-                    for a in op.actions)):
-            # COMMIT of a failed transaction: the server rolled it back instead.
-            self.sql_ctx = apply_to_context(t.extra["ctx_before"], (_ROLLBACK,))
-        elif (t.extra is not None and self.sql_ctx is not None and "ctx_before" in t.extra
-                and (t.skipped or (t.error is not None and self._tx_status == "I"))):
-            # Skipped, or failed and rolled back with its implicit transaction.
-            before, after = t.extra["ctx_before"], self.sql_ctx
-            ctx = after_failure(before, after)
-            if not t.skipped and any(a.action == "transaction" for a in op.actions):
-                # A COMMIT before the failing statement may have made some of its
-                # settings stick: which, the gateway cannot tell. Names resolve
-                # against both paths until the next SET search_path.
-                merged = tuple(dict.fromkeys((*before.search_path, *after.search_path)))
-                ctx = replace(ctx, search_path=merged)
-            self.sql_ctx = ctx
+        if t.extra is not None and "ctx_before" in t.extra:
+            self.sql.completed(t.extra["ctx_before"], op, tag=t.tag, failed=t.error is not None,
+                               skipped=t.skipped, idle=self._tx_status == "I")
         if t.denial is not None:
             error: str | None = t.denial.message
             verdict = decision.verdict
