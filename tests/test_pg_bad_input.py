@@ -274,10 +274,10 @@ _DURING_AUTH = {
     # A well-formed message that is not allowed before authentication.
     "query": (m.Query(text="select 1").encode(), "08P01",
               "pathwarden: unexpected frontend message Query during authenticating"),
-    # A password frame claiming 2 GB.
+    # A password frame claiming 2 GB: before login only a token's worth is accepted.
     "huge-password": (b"p" + _U32.pack(0x80000000) + b"eyJ", "54000",
                       "pathwarden: message of 2147483649 bytes exceeds the limit of "
-                      "268435456 bytes"),
+                      "16384 bytes"),
 }
 
 

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import __version__
-from ..config import GatewayConfig, format_duration, parse_duration
+from ..config import ConfigError, GatewayConfig, format_duration, parse_duration
 from ..store import Store, StoreError, open_store, store_url_for
 from .common import err, fail, load
 from .policy_cmd import policy_app
@@ -66,7 +66,7 @@ def _with_store(config: GatewayConfig, fn: Callable[[Store], Awaitable[T]]) -> T
 
     try:
         return asyncio.run(go())
-    except StoreError as exc:
+    except (StoreError, ConfigError) as exc:
         raise _fail(str(exc)) from None
 
 
@@ -97,7 +97,7 @@ def serve(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     _setup_logging(cfg.log_level)
     try:
         run_gateway(cfg, config)
-    except StoreError as exc:
+    except (StoreError, ConfigError) as exc:
         raise _fail(str(exc)) from None
     except OSError as exc:
         raise _fail(f"cannot start the gateway: {exc}") from None

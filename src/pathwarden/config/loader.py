@@ -15,6 +15,7 @@ collapse into the last one, are refused.
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from collections.abc import Iterator, Mapping, Sequence
@@ -202,11 +203,17 @@ def _format_error(source: str, root: Node | None, error: Mapping[str, Any]) -> s
     return f"{source}:{line}:{column}: {path}: {message}"
 
 
+_CREDENTIALS_IN_URL = re.compile(r"://[^/@\s]*:[^/@\s]*@|password\s*=", re.IGNORECASE)
+
+
 def _describe(value: object) -> str:
     if isinstance(value, Mapping):
         return "a mapping"
     if isinstance(value, list | tuple):
         return "a list"
+    if isinstance(value, str) and _CREDENTIALS_IN_URL.search(value):
+        # Never repeat what looks like a connection string with a password.
+        return "a string that looks like a connection string with credentials (not shown)"
     text = repr(value)
     if len(text) > _MAX_INPUT_REPR:
         text = text[: _MAX_INPUT_REPR - 3] + "..."

@@ -34,6 +34,7 @@ from ..model import ConnectionRef, Protocol, SessionRecord
 from ..protocols.postgres import messages as m
 from ..protocols.postgres.connection import NEED_DATA, ServerConnection
 from ..protocols.postgres.errors import ProtocolError
+from ..store import StoreError
 from .pg_session import PgSession
 from .pg_upstream import UpstreamError, connect_upstream
 from .stream import Leg, LegClosed
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT = 60.0
+MAX_PASSWORD_MESSAGE = 16 * 1024  # a token is well under 2 KB
 
 # Startup parameters a client may pass through to the server. Others (notably
 # `options`, `role`, `session_authorization`, `replication`) could change the
@@ -267,6 +269,10 @@ class PostgresListener:
             forwarded[key] = value
         # Ask for the token as a cleartext password (inside TLS or on loopback).
         leg.write(front.send(m.Authentication(code=m.AUTH_CLEARTEXT)))
+        # Before authentication a client gets no more than a token's worth of
+        # buffer (PostgreSQL itself caps login messages at a few KB).
+        limit = front.max_message_size
+        front.max_message_size = MAX_PASSWORD_MESSAGE
         try:
             msg = await self._read(leg, front)
         except ProtocolError as exc:
@@ -280,11 +286,17 @@ class PostgresListener:
             token = msg.password()
         except ProtocolError as exc:
             raise _Refused("08P01", f"pathwarden: {exc.message}") from None
+        front.max_message_size = limit
         try:
             identity = await gw.authenticate(user=user, token=token, connection=dbname)
         except gw.auth_errors as exc:
             raise _Refused("28P01", f"pathwarden: authentication failed for user {user}: {exc}",
                            reason=f"authentication failed: {exc}") from None
+        except StoreError as exc:
+            log.error("login of %s refused: the store is unavailable: %s", user, exc)
+            raise _Refused("58000", "pathwarden: the gateway cannot check tokens right now "
+                           "(its store is unavailable); try again later",
+                           reason="store unavailable during authentication") from None
         del token
         record.token_ref = identity.token_ref
         record.claims = identity.claims

@@ -18,7 +18,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from ..protocols.postgres import messages as m
-from ..protocols.postgres.auth import SCRAM_SHA_256, ScramClient, md5_password
+from ..protocols.postgres.auth import (
+    SCRAM_SHA_256,
+    ScramClient,
+    md5_password,
+    salted_password,
+    server_first_parameters,
+)
 from ..protocols.postgres.connection import NEED_DATA, ClientConnection, Phase
 from ..protocols.postgres.errors import ProtocolError
 from .stream import Leg, LegClosed
@@ -215,6 +221,9 @@ async def _login(leg: Leg, target: UpstreamTarget, params: Mapping[str, str]) ->
                 scram = ScramClient(_password(target))
                 leg.write(conn.send(m.PasswordMessage(data=scram.initial_response())))
             elif ev.code == m.AUTH_SASL_CONTINUE and scram is not None:
+                # Key derivation costs milliseconds per 4096 iterations: never on the loop.
+                _, salt, iterations = server_first_parameters(ev.data)
+                await asyncio.to_thread(salted_password, _password(target), salt, iterations)
                 leg.write(conn.send(m.PasswordMessage(data=scram.final_response(ev.data))))
             elif ev.code == m.AUTH_SASL_FINAL and scram is not None:
                 try:

@@ -119,7 +119,7 @@ class _Target:
     def parse(cls, raw: str) -> _Target:
         try:
             url = make_url(raw)
-        except ArgumentError:
+        except (ArgumentError, ValueError):
             # Not echoing `raw`: an unparsable URL may still contain a password.
             raise StoreError(
                 "invalid store URL; expected postgresql://user:password@host:port/dbname "

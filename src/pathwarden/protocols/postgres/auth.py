@@ -28,9 +28,31 @@ def md5_password(user: str, password: str, salt: bytes) -> bytes:
     return b"md5" + outer.encode() + b"\0"
 
 
+# PostgreSQL's default is 4096; a server asking for far more is either
+# misconfigured or trying to stall the gateway (PBKDF2 runs per login).
+MAX_ITERATIONS = 1_000_000
+
+
 @lru_cache(maxsize=256)
-def _salted_password(password: str, salt: bytes, iterations: int) -> bytes:
+def salted_password(password: str, salt: bytes, iterations: int) -> bytes:
+    """PBKDF2-HMAC-SHA256: the expensive step, cached; callers may run it in a thread."""
     return hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations)
+
+
+def server_first_parameters(server_first: bytes) -> tuple[str, bytes, int]:
+    """(nonce, salt, iterations) of a server-first message; RemoteProtocolError if malformed."""
+    try:
+        text = server_first.decode("utf-8")
+        attrs = dict(item.split("=", 1) for item in text.split(","))
+        nonce = attrs["r"]
+        salt = base64.b64decode(attrs["s"], validate=True)
+        iterations = int(attrs["i"])
+    except (ValueError, KeyError, UnicodeDecodeError) as exc:
+        raise RemoteProtocolError(f"malformed SCRAM server-first message ({exc})") from None
+    if iterations < 1 or iterations > MAX_ITERATIONS:
+        raise RemoteProtocolError(f"SCRAM iteration count {iterations} out of range "
+                                  f"(1 to {MAX_ITERATIONS})")
+    return nonce, salt, iterations
 
 
 def _hmac(key: bytes, msg: bytes) -> bytes:
@@ -53,19 +75,11 @@ class ScramClient:
 
     def final_response(self, server_first: bytes) -> bytes:
         """Payload of SASLResponse for the server-first message."""
-        try:
-            text = server_first.decode("utf-8")
-            attrs = dict(item.split("=", 1) for item in text.split(","))
-            nonce = attrs["r"]
-            salt = base64.b64decode(attrs["s"], validate=True)
-            iterations = int(attrs["i"])
-        except (ValueError, KeyError, UnicodeDecodeError) as exc:
-            raise RemoteProtocolError(f"malformed SCRAM server-first message ({exc})") from None
+        nonce, salt, iterations = server_first_parameters(server_first)
+        text = server_first.decode("utf-8")
         if not nonce.startswith(self._nonce) or len(nonce) <= len(self._nonce):
             raise RemoteProtocolError("SCRAM server nonce does not extend the client nonce")
-        if iterations < 1 or iterations > 10_000_000:
-            raise RemoteProtocolError(f"SCRAM iteration count {iterations} out of range")
-        salted = _salted_password(self._password, salt, iterations)
+        salted = salted_password(self._password, salt, iterations)
         client_key = _hmac(salted, b"Client Key")
         stored_key = hashlib.sha256(client_key).digest()
         final_bare = f"c=biws,r={nonce}"
