@@ -7,11 +7,9 @@ is parsed into :class:`PolicyConfig` values (:mod:`.rules`), and a
 :class:`PolicyEngine` (:mod:`.engine`) decides each operation: default deny,
 ``deny`` over ``require_approval`` over ``allow`` across every policy that
 applies to the identity and connection, with an explanation naming the policy,
-the rule and the statement. ``ConnectionAllowAll`` is the interim authorizer
-for connections without policies.
+the rule and the statement.
 """
 
-from .allow_all import ConnectionAllowAll
 from .engine import ActionDecision, Explanation, PolicyEngine, describe_action
 from .rules import (
     ACTION_CLASSES,
@@ -30,7 +28,6 @@ __all__ = [
     "ACTION_FLAGS",
     "CONDITION_KEYS",
     "ActionDecision",
-    "ConnectionAllowAll",
     "ConnectionMatcher",
     "Explanation",
     "IdentityMatcher",

@@ -257,8 +257,7 @@ class _Env:
 
 
 def _text_error(sql: str, ctx: SqlContext) -> str | None:
-    encoding = ctx.client_encoding.upper().replace("-", "").replace("_", "")
-    if encoding not in _UTF8_NAMES:
+    if not is_utf8_encoding(ctx.client_encoding):
         return (f"cannot classify safely: client_encoding is {ctx.client_encoding}; "
                 "the gateway reads statements as UTF8 (set client_encoding = 'UTF8')")
     if not ctx.standard_conforming_strings and "\\" in sql:
@@ -369,13 +368,15 @@ def after_failure(before: SqlContext, after: SqlContext) -> SqlContext:
     statements are not transactional, and the lexing settings keep the
     refusing side of the two.
     """
-    encoding = before.client_encoding if _is_utf8(after.client_encoding) else after.client_encoding
+    encoding = (before.client_encoding if is_utf8_encoding(after.client_encoding)
+                else after.client_encoding)
     return replace(before, prepared=after.prepared, client_encoding=encoding,
                    standard_conforming_strings=(before.standard_conforming_strings
                                                 and after.standard_conforming_strings))
 
 
-def _is_utf8(name: str) -> bool:
+def is_utf8_encoding(name: str) -> bool:
+    """Whether the server reads ``name`` as UTF8 or SQL_ASCII (aliases and spellings included)."""
     return name.upper().replace("-", "").replace("_", "") in _UTF8_NAMES
 
 
@@ -426,7 +427,8 @@ def _apply_one(ctx: SqlContext, action: Action, text: str) -> SqlContext:
     if any(_st.is_side_effect(f, frozenset({"set_config"})) for f in action.names("functions")):
         changes["standard_conforming_strings"] = False  # could have set anything
         changes["lexing_unsettled"] = True
-    if "client_encoding" in settings and kind == "set" and values and not _is_utf8(values[0]):
+    if ("client_encoding" in settings and kind == "set" and values
+            and not is_utf8_encoding(values[0])):
         changes["client_encoding"] = values[0]
     if _LEXING_SETTINGS & set(settings):
         changes["lexing_unsettled"] = True
@@ -539,7 +541,8 @@ class PostgresClassifier:
 
     def _summary(self, sql: str, ctx: SqlContext) -> _Summary:
         problem = _text_error(sql, ctx) if (
-            not ctx.standard_conforming_strings or not _is_utf8(ctx.client_encoding)) else None
+            not ctx.standard_conforming_strings
+            or not is_utf8_encoding(ctx.client_encoding)) else None
         if problem is not None:
             return _Summary(SqlClassification((), problem))
         cache = self._cache

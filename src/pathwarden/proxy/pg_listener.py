@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from ..model import ConnectionRef, Protocol, SessionRecord
+from ..policy.sql import is_utf8_encoding
 from ..protocols.postgres import messages as m
 from ..protocols.postgres.connection import NEED_DATA, ServerConnection
 from ..protocols.postgres.errors import ProtocolError
@@ -63,9 +64,9 @@ FORWARDED_STARTUP_PARAMS = frozenset({
 # the gateway's parser reads the same way (search_path is refused above: it
 # decides which table an unqualified name means, so it is set with SET, where
 # the gateway sees it).
-_LEXING_STARTUP_VALUES = {
-    "standard_conforming_strings": frozenset({"on"}),
-    "client_encoding": frozenset({"utf8", "utf-8", "unicode", "sql_ascii"}),
+_LEXING_STARTUP_CHECKS = {
+    "standard_conforming_strings": lambda value: value.lower() == "on",
+    "client_encoding": is_utf8_encoding,
 }
 
 
@@ -261,9 +262,9 @@ class PostgresListener:
                 continue
             if key.startswith("_pq_."):
                 continue  # protocol extensions: answered by NegotiateProtocolVersion below
-            allowed_values = _LEXING_STARTUP_VALUES.get(key)
-            if allowed_values is not None:
-                if value.strip().strip("'\"").strip().lower() not in allowed_values:
+            check = _LEXING_STARTUP_CHECKS.get(key)
+            if check is not None:
+                if not check(value.strip().strip("'\"").strip()):
                     raise _Refused(
                         "08P01", f"pathwarden: startup parameter {key}={value!r} is not allowed",
                         hint="the gateway reads SQL with standard_conforming_strings on and "

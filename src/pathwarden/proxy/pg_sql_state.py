@@ -25,15 +25,16 @@ from dataclasses import replace
 from typing import Any
 
 from ..model import Action, Operation
-from ..policy.sql import PostgresClassifier, SqlContext, after_failure, apply_to_context
+from ..policy.sql import (
+    PostgresClassifier,
+    SqlContext,
+    after_failure,
+    apply_to_context,
+    is_utf8_encoding,
+)
 
 LEXING_PARAMETERS = frozenset({"standard_conforming_strings", "client_encoding"})
 _ROLLBACK = Action("transaction", "rollback")
-_PERMISSIVE_ENCODINGS = ("UTF8", "UNICODE", "SQLASCII")
-
-
-def _permissive_encoding(value: str) -> bool:
-    return value.upper().replace("-", "").replace("_", "") in _PERMISSIVE_ENCODINGS
 
 
 class SqlState:
@@ -78,7 +79,7 @@ class SqlState:
                 extra["default_search_path"] = self.initial_search_path
             self.ctx = classifier.new_context(
                 standard_conforming_strings=scs, client_encoding=encoding,
-                lexing_unsettled=not scs or not _permissive_encoding(encoding), **extra)
+                lexing_unsettled=not scs or not is_utf8_encoding(encoding), **extra)
         else:
             self.ctx = replace(self.ctx, side_effect_functions=classifier.side_effect_functions)
         return self.ctx
@@ -136,7 +137,7 @@ class SqlState:
         if ctx is None:
             return
         permissive = (value == "on" if name == "standard_conforming_strings"
-                      else _permissive_encoding(value))
+                      else is_utf8_encoding(value))
         if permissive:
             self._lexing_pending[name] = value
             return

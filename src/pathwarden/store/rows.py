@@ -23,7 +23,6 @@ __all__ = [
     "session_record",
     "session_row",
     "statement_record",
-    "statement_row",
     "token_record",
     "token_row",
 ]
@@ -120,25 +119,6 @@ def statement_tuple(rec: StatementRecord, sqlite: bool) -> tuple[Any, ...]:
         started.strftime(SQLITE_TIME_FORMAT) if sqlite else started,
         rec.duration_ms, rec.command_tag, rec.rows, rec.error,
     )
-
-
-def statement_row(rec: StatementRecord) -> dict[str, Any]:
-    return {
-        "session_id": rec.session_id,
-        "seq": rec.seq,
-        "kind": rec.kind,
-        "text": rec.text,
-        "params": list(rec.params),
-        "verdict": str(rec.verdict),
-        "reason": rec.reason,
-        "policy": rec.policy,
-        "action": rec.action,
-        "started_at": rec.started_at,
-        "duration_ms": rec.duration_ms,
-        "command_tag": rec.command_tag,
-        "rows": rec.rows,
-        "error": rec.error,
-    }
 
 
 def statement_record(row: Row[Any]) -> StatementRecord:
