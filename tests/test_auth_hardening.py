@@ -199,25 +199,3 @@ def test_cli_reports_an_unset_store_url_secret_as_an_error(tmp_path: Path) -> No
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr and "│" not in proc.stderr, proc.stderr
     assert "error:" in proc.stderr and "PW_REVIEW_UNSET" in proc.stderr
-
-
-def test_logins_in_progress_are_bounded(monkeypatch: pytest.MonkeyPatch,
-                                        gateway: GatewayHarness) -> None:
-    """Past the limit of unfinished logins, new connections get FATAL 53300 at once."""
-    from pathwarden.proxy import pg_listener
-
-    monkeypatch.setattr(pg_listener, "MAX_PENDING_HANDSHAKES", 2)
-    idle = [socket.create_connection(("127.0.0.1", gateway.port), timeout=5) for _ in range(3)]
-    try:
-        extra = socket.create_connection(("127.0.0.1", gateway.port), timeout=5)
-        with extra:
-            reply = extra.recv(1000)
-        assert reply[:1] == b"E" and b"53300" in reply
-    finally:
-        for sock in idle:
-            sock.close()
-    # Once they are gone, logins work again.
-    import psycopg
-
-    with psycopg.connect(gateway.dsn(), autocommit=True) as conn:
-        assert conn.execute("select 1").fetchone() == (1,)

@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT = 60.0
 MAX_PASSWORD_MESSAGE = 16 * 1024  # a token is well under 2 KB
-MAX_PENDING_HANDSHAKES = 1000  # connections accepted but not yet logged in
 
 # Startup parameters a client may pass through to the server. Others (notably
 # `options`, `role`, `session_authorization`, `replication`) could change the
@@ -143,15 +142,6 @@ class PostgresListener:
 
     async def _run_handshake(self, leg: Leg) -> None:
         await asyncio.sleep(0)  # let connection_made run
-        if len(self._handshakes) > MAX_PENDING_HANDSHAKES:
-            # Logins that never finish must not starve the gateway of sockets.
-            log.warning("client %s refused: %d logins in progress", leg.peer(),
-                        len(self._handshakes))
-            leg.write(m.ErrorResponse.build(
-                "53300", "pathwarden: too many connection attempts in progress; retry shortly",
-                severity="FATAL").encode())
-            leg.close()
-            return
         sock = leg.transport.get_extra_info("socket") if leg.transport else None
         if sock is not None:
             with contextlib.suppress(OSError):
