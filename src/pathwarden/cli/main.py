@@ -24,6 +24,7 @@ from .. import __version__
 from ..config import ConfigError, GatewayConfig, format_duration, parse_duration
 from ..store import Store, StoreError, open_store, store_url_for
 from .common import err, fail, load
+from .mask_cmd import mask_command
 from .policy_cmd import policy_app
 
 T = TypeVar("T")
@@ -40,6 +41,7 @@ app.add_typer(token_app, name="token")
 app.add_typer(sessions_app, name="sessions")
 app.add_typer(config_app, name="config")
 app.add_typer(policy_app, name="policy")
+app.command("mask")(mask_command)
 
 # Pipelines read this output from logs: don't squeeze tables into 80 columns there.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
@@ -91,6 +93,7 @@ def _root(
 @app.command()
 def serve(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     """Run the gateway until SIGINT/SIGTERM."""
+    from ..masking.settings import MaskingError
     from ..proxy.gateway import serve as run_gateway
 
     cfg = _load(config)
@@ -99,6 +102,8 @@ def serve(config: ConfigOpt = DEFAULT_CONFIG) -> None:
         run_gateway(cfg, config)
     except (StoreError, ConfigError) as exc:
         raise _fail(str(exc)) from None
+    except MaskingError as exc:
+        raise _fail(f"{config}: {exc}") from None
     except OSError as exc:
         raise _fail(f"cannot start the gateway: {exc}") from None
 

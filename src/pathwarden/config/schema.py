@@ -24,6 +24,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -32,6 +33,7 @@ from pydantic_core import PydanticCustomError
 
 from pathwarden.config.durations import Duration, format_duration
 from pathwarden.config.secrets import Secret
+from pathwarden.masking.settings import MaskingSettings
 from pathwarden.policy.rules import PolicyConfig
 
 __all__ = [
@@ -41,6 +43,7 @@ __all__ = [
     "IdentityConfig",
     "ListenerConfig",
     "ListenerTls",
+    "MaskingSettings",
     "PolicyConfig",
     "PostgresConnection",
     "SqlSettings",
@@ -156,6 +159,8 @@ class PostgresConnection(_Model):
     # Until policies exist this is the only switch that lets statements through.
     allow_all: bool = False
     labels: dict[str, str] = Field(default_factory=dict)
+    # Merged over the top-level ``masking:`` block (see masking/settings.py).
+    masking: MaskingSettings | None = None
 
 
 #: Every kind of connection; a discriminated union once more protocols exist.
@@ -244,6 +249,7 @@ class GatewayConfig(_Model):
     audit: AuditSettings = Field(default_factory=AuditSettings)
     sql: SqlSettings = Field(default_factory=SqlSettings)
     policies: list[PolicyConfig] = Field(default_factory=list)
+    masking: MaskingSettings = Field(default_factory=MaskingSettings)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @model_validator(mode="after")
@@ -292,6 +298,8 @@ class GatewayConfig(_Model):
                     "decisions name the policy, so names must be unique",
                 )
             seen[policy.name] = index
+            if policy.masking is not None:
+                _policy_masking(index, policy.masking)
             for entry_index, entry in enumerate(policy.identities):
                 if entry.kind == "name" and entry.value not in self.identities:
                     _fail(
@@ -308,6 +316,24 @@ class GatewayConfig(_Model):
                         f"defined connections: {_names(self.connections)} "
                         '(use {labels: {key: glob}} to match by label, "*" for all)',
                     )
+
+
+def _policy_masking(index: int, raw: dict[str, Any]) -> MaskingSettings:
+    """Validate a policy's ``masking:`` block (kept as a mapping in the policy model)."""
+    try:
+        return MaskingSettings.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        inner = err.get("ctx", {}).get("at", ())
+        loc = tuple(err["loc"]) + tuple(inner)
+        field = ".".join(str(p) for p in loc)
+        _fail(("policies", index, "masking", *loc), f"masking.{field}: {err['msg']}")
+        raise AssertionError("unreachable") from None
+
+
+def policy_masking(policy: PolicyConfig) -> MaskingSettings | None:
+    """A policy's masking settings (validated when the configuration was loaded)."""
+    return None if policy.masking is None else MaskingSettings.model_validate(policy.masking)
 
 
 def _names(mapping: dict[str, Any]) -> str:

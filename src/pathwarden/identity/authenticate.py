@@ -116,6 +116,7 @@ class Authenticator:
             labels=dict(identity.labels),
             claims=claims.claims,
             token_ref=ref,
+            expires_at=claims.expires_at,
         )
 
     async def issue_token(

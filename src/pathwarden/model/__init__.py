@@ -47,6 +47,8 @@ class Identity:
     # tokens minted directly by `pathwarden token issue`.
     claims: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     token_ref: str | None = None  # hash of the token id, never the token
+    # When the token expires: a session outliving it (plus the configured grace) is ended.
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,3 +162,6 @@ class StatementRecord:
     error: str | None = None
     policy: str | None = None
     action: str = "unknown"
+    # What masking replaced in the response, {"<column>:<detector>": count};
+    # never the values themselves.
+    masked: Mapping[str, int] | None = None

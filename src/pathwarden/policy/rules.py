@@ -577,6 +577,10 @@ class PolicyConfig(BaseModel):
     allow: list[RuleSpec] = Field(default_factory=list)
     require_approval: list[RuleSpec] = Field(default_factory=list)
     deny: list[RuleSpec] = Field(default_factory=list)
+    # Masking settings for sessions this policy governs, merged over the
+    # connection's; validated against MaskingSettings by the configuration
+    # (kept untyped here so that policy/ does not depend on the config package).
+    masking: dict[str, Any] | None = None
 
     def rules(self, section: RuleSection) -> Sequence[Rule]:
         """The rules of one section, in order (``allow`` -> ``self.allow``)."""

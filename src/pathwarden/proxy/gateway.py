@@ -19,8 +19,11 @@ from pathlib import Path
 
 from ..audit.writer import AuditWriter
 from ..config import ConfigError, GatewayConfig, PostgresConnection, load_config
+from ..config.schema import policy_masking
 from ..identity import Authenticator, AuthError, TokenAuthority
-from ..model import Identity
+from ..masking import MaskEngine, engine_for
+from ..masking.settings import MaskingError, mask_options
+from ..model import ConnectionRef, Identity
 from ..policy import ACTION_CLASSES, PolicyConfig, PolicyEngine
 from ..policy.sql import DEFAULT_SIDE_EFFECT_FUNCTIONS, PostgresClassifier
 from ..store import Store, open_store, store_url_for
@@ -68,6 +71,7 @@ class Gateway:
         self.pipeline = Pipeline(build_classifier(config), build_authorizer(config), self.audit)
         self._watch_task: asyncio.Task[None] | None = None
         self.targets = {n: build_target(n, c) for n, c in config.connections.items()}
+        self._masking: dict[tuple[str, str], MaskEngine | None] = {}
         self.listeners: list[PostgresListener] = []
         self.sessions: set[PgSession] = set()
         self._cancel_keys: dict[tuple[int, bytes], PgSession] = {}
@@ -106,7 +110,8 @@ class Gateway:
             classifier = build_classifier(new)
             authorizer = build_authorizer(new)
             targets = {n: build_target(n, c) for n, c in new.connections.items()}
-        except ConfigError as exc:
+            check_masking(new)
+        except (ConfigError, MaskingError) as exc:
             log.error("configuration reload rejected; the running configuration stays:\n%s",
                       exc)
             return False
@@ -119,6 +124,7 @@ class Gateway:
             log.warning("listener and store changes take effect only after a restart")
         self.config = new
         self.targets = targets
+        self._masking = {}
         self.authenticator = Authenticator(new, self.authority, self.store)
         self.pipeline.classifier = classifier
         self.pipeline.authorizer = authorizer  # reference swaps: each operation sees one rule set
@@ -172,6 +178,20 @@ class Gateway:
         conn = self.config.connections.get(name)
         return dict(conn.labels) if conn is not None else {}
 
+    def masking_for(self, identity: Identity, connection: ConnectionRef) -> MaskEngine | None:
+        """The masking engine of a session (None: masking is off for it).
+
+        Raises :class:`MaskingError` when it cannot be built; the login is then
+        refused rather than served unmasked.
+        """
+        key = (identity.name, connection.name)
+        if key not in self._masking:
+            if len(self._masking) > 10_000:
+                self._masking.clear()
+            policies = [p for p in self.config.policies if p.applies_to(identity, connection)]
+            self._masking[key] = masking_engine(self.config, connection.name, policies)
+        return self._masking[key]
+
     def new_cancel_key(self) -> tuple[int, bytes]:
         while True:
             key = (secrets.randbelow(2**31 - 1) + 1, secrets.token_bytes(4))
@@ -205,6 +225,39 @@ class Gateway:
 _versions = itertools.count(1)
 
 
+def injected_credentials(config: GatewayConfig) -> list[str]:
+    """Every credential the gateway sends upstream: masked in every response."""
+    out = []
+    for conn in config.connections.values():
+        if conn.password is not None:
+            try:
+                out.append(conn.password.reveal())
+            except ConfigError:
+                continue  # the connection cannot log in either; its dial reports it
+    return out
+
+
+def masking_engine(config: GatewayConfig, connection: str,
+                   policies: list[PolicyConfig]) -> MaskEngine | None:
+    """The engine for sessions on ``connection`` governed by ``policies``."""
+    conn = config.connections.get(connection)
+    levels = [config.masking, conn.masking if conn is not None else None]
+    levels.extend(policy_masking(p) for p in policies)
+    options = mask_options(levels, injected_credentials(config))
+    if not options.enabled:
+        return None
+    try:
+        return engine_for(options)
+    except Exception as exc:
+        raise MaskingError(f"the masking patterns could not be compiled: {exc}") from exc
+
+
+def check_masking(config: GatewayConfig) -> None:
+    """Build every connection's masking engine now, so a bad setting stops a (re)load."""
+    for name in config.connections:
+        masking_engine(config, name, [])
+
+
 def build_classifier(config: GatewayConfig) -> PostgresClassifier:
     """The SQL classifier a configuration describes (its side-effect function list)."""
     return PostgresClassifier(
@@ -232,6 +285,7 @@ def build_authorizer(config: GatewayConfig) -> PolicyEngine:
 
 async def open_gateway(config: GatewayConfig, config_path: Path | None = None) -> Gateway:
     """Create the data directory, open the store and the token key, build a Gateway."""
+    check_masking(config)
     data_dir = Path(config.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # noqa: ASYNC240 - startup only
     store = await open_store(store_url_for(config))

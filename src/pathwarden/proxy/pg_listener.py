@@ -30,12 +30,14 @@ import ssl
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from ..masking.settings import MaskingError
 from ..model import ConnectionRef, Protocol, SessionRecord
 from ..policy.sql import is_utf8_encoding
 from ..protocols.postgres import messages as m
 from ..protocols.postgres.connection import NEED_DATA, ServerConnection
 from ..protocols.postgres.errors import ProtocolError
 from ..store import StoreError
+from .pg_masking import PgMasker
 from .pg_session import PgSession
 from .pg_upstream import UpstreamError, connect_upstream
 from .stream import Leg, LegClosed
@@ -304,6 +306,14 @@ class PostgresListener:
         target = gw.targets.get(dbname)
         if target is None:  # authenticate() already refuses unknown connections
             raise _Refused("3D000", f"pathwarden: no connection named {dbname}")
+        conn_ref = ConnectionRef(dbname, Protocol.POSTGRES, gw.connection_labels(dbname))
+        try:
+            engine = gw.masking_for(identity, conn_ref)
+        except MaskingError as exc:
+            log.error("login of %s refused: %s", identity.name, exc)
+            raise _Refused("58000", f"pathwarden: responses on connection {dbname} cannot be "
+                           "masked, so the session was refused (fail closed): "
+                           f"{exc}", reason=f"masking unavailable: {exc}") from None
         try:
             upstream = await connect_upstream(target, forwarded)
         except UpstreamError as exc:
@@ -319,17 +329,23 @@ class PostgresListener:
                                                              unrecognized=unrecognized)))
         for name, value in upstream.parameters.items():
             out.append(front.send(m.ParameterStatus(name=name, value=value)))
+        masker = PgMasker(engine) if engine is not None else None
         for notice in upstream.notices:
+            if masker is not None:
+                masked = masker.fields_message(b"N", notice.payload(), {})
+                if masked is not None:
+                    out.append(masked)
+                    continue
             out.append(front.send(notice))
         cancel_pid, cancel_secret = gw.new_cancel_key()
         out.append(front.send(m.BackendKeyData(process_id=cancel_pid, secret_key=cancel_secret)))
         out.append(front.send(m.ReadyForQuery(status="I")))
         session = PgSession(
             record=record, identity=identity,
-            connection=ConnectionRef(dbname, Protocol.POSTGRES, gw.connection_labels(dbname)),
+            connection=conn_ref,
             client=leg, front=front, upstream=upstream.leg, back=upstream.conn,
             target=target, upstream_key=upstream.key, pipeline=gw.pipeline,
-            on_end=gw.session_ended,
+            on_end=gw.session_ended, masker=masker,
         )
         session.server_parameters.update(upstream.parameters)
         session.sql.initial_search_path = upstream.search_path

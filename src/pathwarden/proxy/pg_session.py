@@ -45,6 +45,7 @@ from ..protocols.postgres.connection import NEED_DATA, ClientConnection, ServerC
 from ..protocols.postgres.errors import ProtocolError
 from ..protocols.postgres.tracker import ResponseTracker, Tracked, Unit
 from ..protocols.postgres.values import render_binary
+from .pg_masking import MaskFailure, PgMasker, plan_for
 from .pg_sql_state import LEXING_PARAMETERS, SqlState
 from .pg_upstream import UpstreamTarget, send_cancel
 from .pipeline import Pipeline
@@ -65,6 +66,12 @@ _ERROR = ord(m.ErrorResponse.TYPE)
 _PARAMETER_STATUS = ord(m.ParameterStatus.TYPE)
 _PARAMETER_DESCRIPTION = ord(m.ParameterDescription.TYPE)
 _READY = ord(m.ReadyForQuery.TYPE)
+_NOTICE = ord(m.NoticeResponse.TYPE)
+_ROW_DESCRIPTION = ord(m.RowDescription.TYPE)
+_COPY_OUT = ord(m.CopyOutResponse.TYPE)
+_COPY_DATA = ord(m.CopyData.TYPE)
+_COPY_DONE = ord(m.CopyDone.TYPE)
+_AUDIT_CACHE = 1024  # masked statement texts kept for the audit trail
 
 
 @dataclass(slots=True, eq=False)
@@ -76,6 +83,8 @@ class _Prepared:
     # The search_path it was classified under: the server re-analyses a prepared
     # statement when search_path changes, so the gateway re-decides it then.
     search_path: tuple[str, ...] | None = None
+    # Its result columns, from the server's answer to a Describe of it (masking).
+    description: m.RowDescription | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -85,6 +94,9 @@ class _Portal:
     params: tuple[str | None, ...]
     # The server plans a portal at Bind: the context it was bound under.
     ctx: SqlContext | None = None
+    result_formats: tuple[int, ...] = ()
+    # Its result columns, from the server's answer to a Describe of it (masking).
+    description: m.RowDescription | None = None
 
 
 def _quote_ident(name: str) -> str:
@@ -120,6 +132,7 @@ class PgSession:
         upstream_key: m.BackendKeyData | None,
         pipeline: Pipeline,
         on_end: Callable[[PgSession], None],
+        masker: PgMasker | None = None,
     ) -> None:
         self.record = record
         self.identity = identity
@@ -133,6 +146,9 @@ class PgSession:
         self.pipeline = pipeline
         self.audit = pipeline.audit
         self._on_end = on_end
+        # None: masking is off for this session (masking.enabled: false).
+        self.masker = masker
+        self._masked_texts: dict[str, str] = {}
         self.tracker = ResponseTracker()
         self._seq = 0
         self._statements: dict[str, _Prepared] = {}
@@ -250,8 +266,8 @@ class PgSession:
             assert isinstance(ev, m.Describe)
             # A statement's ParameterDescription tells the types of its binary
             # parameters (asyncpg Parses without types): keep it for the audit.
-            self.tracker.expect(Unit.DESCRIBE, Tracked(0, "describe", ev.name)
-                                if ev.kind == "S" else None)
+            self.tracker.expect(Unit.DESCRIBE, Tracked(
+                0, "describe" if ev.kind == "S" else "describe_portal", ev.name))
         elif cls is m.Close:
             self._close(ev, out)  # type: ignore[arg-type]
         elif cls is m.FunctionCall:
@@ -352,7 +368,8 @@ class PgSession:
                        f"connection {self.connection.name}{by}: {decision.reason}")
             hint = f"the statement was not executed; the denial is in the audit trail ({audit})"
         return m.ErrorResponse.build(INSUFFICIENT_PRIVILEGE, message,
-                                     detail=f"statement: {op.text[:500]}", hint=hint)
+                                     detail=f"statement: {self._audit_text(op.text[:500])}",
+                                     hint=hint)
 
     def _bind(self, ev: m.Bind, out: list[bytes]) -> None:
         prepared = self._statements.get(ev.statement)
@@ -361,7 +378,8 @@ class PgSession:
             _render_param(v, ev.param_format(i), types[i] if i < len(types) else 0)
             for i, v in enumerate(ev.params)
         )
-        portal = _Portal(ev.statement, prepared, params, self._context())
+        portal = _Portal(ev.statement, prepared, params, self._context(),
+                         ev.result_formats)
         # Bound when the server confirms it: a failed Bind leaves the old portal.
         self._pending_binds[ev.portal] = portal
         out.append(ev.raw)
@@ -388,7 +406,8 @@ class PgSession:
             # The server planned it at Bind under another search_path: decide again.
             op, decision = self._redecide(op, ctx, decision.policy)
         tracked = Tracked(self._seq, "execute", prepared.text, params,
-                          context=(time.monotonic(), datetime.now(UTC), op, decision))
+                          context=(time.monotonic(), datetime.now(UTC), op, decision),
+                          columns=portal)
         if decision.verdict is Verdict.ALLOW:
             out.append(ev.raw)
             self._ran(op, prepared.text, tracked)
@@ -418,7 +437,8 @@ class PgSession:
                            kind="execute", text=f"EXECUTE {_quote_ident(name or '')}")
             op, decision = self._redecide(op, portal.ctx, None)
             tracked = Tracked(self._seq, "execute", text, params,
-                              context=(time.monotonic(), datetime.now(UTC), op, decision))
+                              context=(time.monotonic(), datetime.now(UTC), op, decision),
+                              columns=portal)
             if decision.verdict is Verdict.ALLOW:
                 out.append(ev.raw)
             else:
@@ -438,7 +458,7 @@ class PgSession:
                        text=text, actions=stored or ())
         tracked = Tracked(self._seq, "execute", text, params,
                           context=(time.monotonic(), datetime.now(UTC), op,
-                                   Decision(Verdict.ALLOW, reason)))
+                                   Decision(Verdict.ALLOW, reason)), columns=portal)
         out.append(ev.raw)
         self.tracker.expect(Unit.EXECUTE, tracked)
 
@@ -473,6 +493,13 @@ class PgSession:
             if not starts:
                 return
             out = self._relay_frames(chunk, starts)
+        except MaskFailure as exc:
+            log.error("session %s: response not masked, session ended: %s", self.record.id, exc)
+            self._fatal("XX000", f"pathwarden: a response on connection {self.connection.name} "
+                        f"could not be masked safely, so it was withheld and the session "
+                        f"ended: {exc}")
+            self.end("masking failed (fail closed)")
+            return
         except ProtocolError as exc:
             log.error("session %s: invalid data from upstream %s: %s", self.record.id,
                       self.target.address, exc.message)
@@ -491,6 +518,9 @@ class PgSession:
         view = memoryview(chunk)
         last = len(starts) - 1
         edits: list[tuple[int, int, bytes]] | None = None
+        masker = self.masker
+        if masker is not None:
+            masker.begin_chunk(chunk)
         for i, s in enumerate(starts):
             t = chunk[s]
             if t == _READY:
@@ -499,12 +529,26 @@ class PgSession:
                 head = tracker.head()
                 if head is not None:
                     head.pending_rows += 1
+                if masker is not None:
+                    e = starts[i + 1] if i < last else len(chunk)
+                    row = self._mask_row(masker, head, view[s + 5 : e], masker.hit(s, e))
+                    if row is not None:
+                        edits = edits or []
+                        edits.append((s, e, row))
                 continue
             e = starts[i + 1] if i < last else len(chunk)
+            body = view[s + 5 : e]
+            if masker is not None and t != _READY and t != _PARAMETER_STATUS:
+                replacement = self._mask_frame(masker, t, body, tracker.head())
+                if replacement is not None:
+                    edits = edits or []
+                    edits.append((s, e, replacement))
             if t == _ERROR:
                 head = tracker.head()
                 if head is not None and head.denial is not None:
                     edits = edits or []
+                    if edits and edits[-1][0] == s:
+                        edits.pop()
                     edits.append((s, e, head.denial.encode()))
             elif t == _PARAMETER_STATUS:
                 ps = m.ParameterStatus.decode(bytes(view[s + 5 : e]))
@@ -518,7 +562,7 @@ class PgSession:
                     if prepared is not None:
                         desc = m.ParameterDescription.decode(bytes(view[s + 5 : e]))
                         prepared.param_types = desc.type_oids
-            done = tracker.on_frame(t, view[s + 5 : e])
+            done = tracker.on_frame(t, body)
             for tracked in done:
                 self._completed(tracked)
         if edits is None:
@@ -532,6 +576,98 @@ class PgSession:
         parts.append(chunk[pos:])
         return b"".join(parts)
 
+    # -- masking ------------------------------------------------------------------
+
+    def _mask_row(self, masker: PgMasker, head: Tracked | None, payload: memoryview,
+                  hit: bool) -> bytes | None:
+        columns = head.columns if head is not None else None
+        if type(columns) is _Portal:
+            assert head is not None
+            columns = head.columns = self._plan_of(masker, columns)
+        plan, forced = columns if columns is not None else (None, False)
+        if not hit and not forced:
+            return None
+        counts: dict[str, int] = {}
+        row = masker.data_row(payload, plan, hit, counts)
+        if counts and head is not None:
+            self._count(head, counts)
+        return row
+
+    @staticmethod
+    def _plan_of(masker: PgMasker, portal: _Portal) -> tuple[Any, bool] | None:
+        if portal.description is not None:
+            plan = plan_for(masker.engine, portal.description)
+        elif portal.prepared is not None and portal.prepared.description is not None:
+            plan = plan_for(masker.engine, portal.prepared.description, portal.result_formats)
+        else:
+            return None
+        return plan, any(col.sensitive for col in plan)
+
+    def _mask_frame(self, masker: PgMasker, t: int, body: memoryview,
+                    head: Tracked | None) -> bytes | None:
+        """The masked form of a non-DataRow frame, or None to forward it as it is."""
+        counts: dict[str, int] = {}
+        out: bytes | None = None
+        if t == _ROW_DESCRIPTION:
+            if head is not None:
+                desc = m.RowDescription.decode(bytes(body))
+                if head.kind == "describe":
+                    prepared = self._statements.get(head.text)
+                    if prepared is not None:
+                        prepared.description = desc
+                elif head.kind == "describe_portal":
+                    portal = self._pending_binds.get(head.text) or self._portals.get(head.text)
+                    if portal is not None:
+                        portal.description = desc
+                else:
+                    plan = plan_for(masker.engine, desc)
+                    head.columns = (plan, any(col.sensitive for col in plan))
+            return None
+        if t == _COPY_DATA and masker.copying:
+            out = masker.copy_data(body)
+        elif t == _COPY_OUT:
+            masker.copy_out(body)
+        elif t in (_NOTICE, _ERROR):
+            # An error ends a COPY: what the stream still holds goes out before it.
+            prefix = masker.copy_end(counts) if t == _ERROR and masker.copying else b""
+            out = masker.fields_message(bytes((t,)), body, counts)
+            if prefix:
+                if out is None:
+                    out = bytes((t,)) + (len(body) + 4).to_bytes(4, "big") + bytes(body)
+                out = prefix + out
+        elif t == _COPY_DONE and masker.copying:
+            out = masker.copy_end(counts) + b"c\x00\x00\x00\x04"
+        if counts and head is not None:
+            self._count(head, counts)
+        return out
+
+    @staticmethod
+    def _count(head: Tracked, counts: dict[str, int]) -> None:
+        masked = head.masked
+        if masked is None:
+            head.masked = counts
+            return
+        for key, n in counts.items():
+            masked[key] = masked.get(key, 0) + n
+
+    def _audit_text(self, text: str) -> str:
+        masker = self.masker
+        if masker is None:
+            return text
+        cached = self._masked_texts.get(text)
+        if cached is None:
+            cached, _ = masker.engine.mask_text(text)
+            if len(self._masked_texts) >= _AUDIT_CACHE:
+                self._masked_texts.clear()
+            self._masked_texts[text] = cached
+        return cached
+
+    def _audit_params(self, params: tuple[str | None, ...]) -> tuple[str | None, ...]:
+        masker = self.masker
+        if masker is None or not params:
+            return params
+        return tuple(p if p is None else masker.engine.mask_text(p)[0] for p in params)
+
     def _send_client(self, out: list[bytes]) -> None:
         if out:
             data = b"".join(out)
@@ -539,7 +675,7 @@ class PgSession:
             self.client.write(data)
 
     def _completed(self, t: Tracked) -> None:
-        if t.kind == "describe":
+        if t.kind == "describe" or t.kind == "describe_portal":
             return
         if t.kind == "bind":
             assert t.extra is not None
@@ -582,11 +718,13 @@ class PgSession:
             verdict = decision.verdict
         text = t.text if len(t.text) <= _MAX_AUDIT_TEXT else t.text[:_MAX_AUDIT_TEXT] + "..."
         self.audit.statement(StatementRecord(
-            session_id=self.record.id, seq=t.seq, kind=t.kind, text=text, params=t.params,
+            session_id=self.record.id, seq=t.seq, kind=t.kind, text=self._audit_text(text),
+            params=self._audit_params(t.params),
             verdict=verdict, reason=decision.reason, started_at=started_at,
             duration_ms=round((time.monotonic() - start) * 1000, 3),
-            command_tag=t.tag, rows=None if t.denial is not None else t.rows, error=error,
-            policy=decision.policy, action=op.action,
+            command_tag=t.tag, rows=None if t.denial is not None else t.rows,
+            error=self._audit_text(error) if error is not None else None,
+            policy=decision.policy, action=op.action, masked=t.masked,
         ))
 
     # -- ending -----------------------------------------------------------------------

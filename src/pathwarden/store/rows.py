@@ -92,8 +92,9 @@ def session_record(row: Row[Any]) -> SessionRecord:
 
 STATEMENT_COLUMNS = (
     "session_id", "seq", "kind", "text", "params", "verdict", "reason", "policy", "action",
-    "started_at", "duration_ms", "command_tag", "rows", "error",
+    "started_at", "duration_ms", "command_tag", "rows", "error", "masked",
 )
+_JSON_COLUMNS = ("params", "masked")
 # Built from the fixed column names above; no input reaches these strings.
 INSERT_STATEMENTS_SQLITE = (
     f"INSERT INTO statements ({', '.join(STATEMENT_COLUMNS)}) "  # noqa: S608
@@ -102,7 +103,7 @@ INSERT_STATEMENTS_SQLITE = (
 )
 INSERT_STATEMENTS_PG = (
     f"INSERT INTO statements ({', '.join(STATEMENT_COLUMNS)}) "  # noqa: S608
-    f"VALUES ({', '.join('%s::json' if c == 'params' else '%s' for c in STATEMENT_COLUMNS)}) "
+    f"VALUES ({', '.join('%s::json' if c in _JSON_COLUMNS else '%s' for c in STATEMENT_COLUMNS)}) "
     "ON CONFLICT (session_id, seq) DO NOTHING"
 )
 
@@ -118,6 +119,7 @@ def statement_tuple(rec: StatementRecord, sqlite: bool) -> tuple[Any, ...]:
         str(rec.verdict), rec.reason, rec.policy, rec.action,
         started.strftime(SQLITE_TIME_FORMAT) if sqlite else started,
         rec.duration_ms, rec.command_tag, rec.rows, rec.error,
+        json.dumps(dict(rec.masked)) if rec.masked else None,
     )
 
 
@@ -138,6 +140,7 @@ def statement_record(row: Row[Any]) -> StatementRecord:
         error=m["error"],
         policy=m["policy"],
         action=m["action"],
+        masked=dict(m["masked"]) if m["masked"] else None,
     )
 
 

@@ -129,5 +129,7 @@ statements = Table(
     Column("command_tag", String(255), nullable=True),
     Column("rows", BigInteger(), nullable=True),
     Column("error", Text(), nullable=True),
+    # What masking replaced in the response: {"<column or part>:<detector>": count}.
+    Column("masked", JSON(), nullable=True),
     Index("ix_statements_started_at", "started_at"),
 )

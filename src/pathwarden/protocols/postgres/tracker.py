@@ -80,6 +80,10 @@ class Tracked:
     # Opaque data owned by the proxy (timings, the Operation ...).
     context: Any = None
     extra: dict[str, Any] | None = None
+    # How the result's columns are masked (owned by the proxy's masking).
+    columns: Any = None
+    # What masking replaced in this request's response: {"<column>:<detector>": count}.
+    masked: dict[str, int] | None = None
 
 
 class ResponseTracker:

@@ -1,0 +1,267 @@
+"""Masking of one PostgreSQL session's responses.
+
+Theory of operation: the session hands every buffer of server frames to
+:meth:`PgMasker.begin_chunk`, which runs one hyperscan pass over the whole
+buffer (:meth:`MaskEngine.candidates`). A DataRow is decoded only when a
+candidate overlaps it or when its result has a column whose *name* is
+sensitive (``password``, ``api_key`` ...): every other row is forwarded as the
+server's bytes. A rewritten row gets new length prefixes.
+
+Which column is which comes from the RowDescription. For the extended
+protocol that message arrives in answer to a Describe, possibly long before
+the Execute whose rows it describes (drivers cache it), so the session keeps
+each prepared statement's description and combines it with the result
+formats of the Bind (:func:`plan_for`).
+
+Formats: text values of any type are masked as text. Binary values are
+masked only for text-like types (text, varchar, json, jsonb ...) whose binary
+form is the text itself; fixed binary types (integers, timestamps, uuid ...)
+cannot hold a secret and are left alone; any other binary type (arrays,
+composites, domains) holding what a detector confirms as a secret cannot be
+rewritten safely, so the session is ended (:class:`MaskFailure`): fail closed.
+
+COPY OUT text goes through a :class:`StreamMasker`, so a secret split across
+CopyData messages is still masked; the stream is flushed at CopyDone (or at
+the error that ends the COPY). Binary COPY cannot be rewritten: a confirmed
+secret in it ends the session. NOTICE and ERROR texts are masked field by
+field.
+
+Counts of what was replaced go to the statement being answered, keyed
+``"<column>:<detector>"`` (``notice:``, ``error:``, ``copy:`` for the
+other places), for the audit trail: never the values.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ..masking import MaskEngine, StreamMasker
+from ..protocols.postgres import messages as m
+
+__all__ = ["ColumnPlan", "MaskFailure", "PgMasker", "plan_for"]
+
+_I32 = struct.Struct("!i")
+_U16 = struct.Struct("!H")
+_HEADER = struct.Struct("!ci")
+
+# Types whose binary send format is the value's text (jsonb: one version byte, then text).
+TEXT_LIKE_BINARY = frozenset({
+    18,    # char
+    19,    # name
+    25,    # text
+    114,   # json
+    142,   # xml
+    705,   # unknown
+    1042,  # bpchar
+    1043,  # varchar
+    3802,  # jsonb
+    17,    # bytea: arbitrary bytes, rewriting them keeps the value a valid bytea
+})
+# Fixed binary layouts that cannot carry text: never rewritten.
+NON_TEXT_BINARY = frozenset({
+    16, 20, 21, 23, 26, 27, 28, 29, 600, 601, 602, 603, 604, 628, 650, 700, 701, 718,
+    774, 790, 829, 869, 1082, 1083, 1114, 1184, 1186, 1266, 1560, 1562, 1700, 2950, 3220,
+    3614, 3615, 3904, 3906, 3908, 3910, 3912, 3926, 5038,
+})
+
+_TEXT, _SKIP, _REFUSE = 0, 1, 2
+# Fields of ErrorResponse/NoticeResponse that are codes or positions, not text.
+_CODE_FIELDS = frozenset("SVCPpLFR")
+
+
+class MaskFailure(Exception):
+    """A response holds a secret that cannot be masked safely: end the session."""
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnPlan:
+    """How the values of one result column are masked."""
+
+    name: str
+    mode: int  # _TEXT, _SKIP or _REFUSE
+    sensitive: bool  # its name masks every value
+
+
+Plan = tuple[ColumnPlan, ...]
+
+
+def plan_for(engine: MaskEngine, desc: m.RowDescription,
+             result_formats: tuple[int, ...] | None = None) -> Plan:
+    """The masking plan of a result described by ``desc``.
+
+    ``result_formats`` are a Bind's result format codes (none: all text; one:
+    for all columns; else one per column); None keeps the description's own.
+    """
+    plan = []
+    for index, f in enumerate(desc.fields):
+        fmt = f.format
+        if result_formats is not None:
+            if not result_formats:
+                fmt = 0
+            elif len(result_formats) == 1:
+                fmt = result_formats[0]
+            elif index < len(result_formats):
+                fmt = result_formats[index]
+        if fmt == 0 or f.type_oid in TEXT_LIKE_BINARY:
+            mode = _TEXT
+        elif f.type_oid in NON_TEXT_BINARY:
+            mode = _SKIP
+        else:
+            mode = _REFUSE
+        plan.append(ColumnPlan(f.name, mode, engine.is_sensitive_key(f.name)))
+    return tuple(plan)
+
+
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    if len(spans) < 2:
+        return spans
+    spans.sort()
+    out = [spans[0]]
+    for start, end in spans[1:]:
+        last_start, last_end = out[-1]
+        if start <= last_end:
+            if end > last_end:
+                out[-1] = (last_start, end)
+        else:
+            out.append((start, end))
+    return out
+
+
+def _add(counts: dict[str, int], where: str, found: Mapping[str, int]) -> None:
+    for detector, n in found.items():
+        key = f"{where}:{detector}"
+        counts[key] = counts.get(key, 0) + n
+
+
+class PgMasker:
+    """Per-session masking state: candidates of the current buffer, COPY stream."""
+
+    __slots__ = ("_copy", "_copy_binary", "_copy_counts", "_index", "_spans", "engine")
+
+    def __init__(self, engine: MaskEngine) -> None:
+        self.engine = engine
+        self._spans: list[tuple[int, int]] = []
+        self._index = 0
+        self._copy: StreamMasker | None = None
+        self._copy_binary = False
+        self._copy_counts: dict[str, int] = {}
+
+    # -- candidates ---------------------------------------------------------------
+
+    def begin_chunk(self, chunk: bytes) -> None:
+        """Scan a buffer of whole frames once; later calls ask about its frames in order."""
+        self._spans = _merged(self.engine.candidates(chunk))
+        self._index = 0
+
+    def hit(self, start: int, end: int) -> bool:
+        """Whether a candidate overlaps ``chunk[start:end]``; frames are asked in order."""
+        spans = self._spans
+        i = self._index
+        n = len(spans)
+        while i < n and spans[i][1] <= start:
+            i += 1
+        self._index = i
+        return i < n and spans[i][0] < end
+
+    # -- rows ---------------------------------------------------------------------
+
+    def data_row(self, payload: bytes | memoryview, plan: Plan | None, hit: bool,
+                 counts: dict[str, int]) -> bytes | None:
+        """A masked DataRow frame for ``payload``, or None to forward it unchanged."""
+        data = bytes(payload)
+        (ncols,) = _U16.unpack_from(data, 0)
+        pos = 2
+        values: list[bytes | None] = []
+        changed = False
+        engine = self.engine
+        for index in range(ncols):
+            (ln,) = _I32.unpack_from(data, pos)
+            pos += 4
+            if ln < 0:
+                values.append(None)
+                continue
+            value = data[pos : pos + ln]
+            pos += ln
+            col = plan[index] if plan is not None and index < len(plan) else None
+            if col is not None and col.sensitive and col.mode != _SKIP:
+                result = engine.mask_value(value, col.name)
+            elif hit and (col is None or col.mode != _SKIP):
+                result = engine.mask(value)
+                if result.changed and col is not None and col.mode == _REFUSE:
+                    raise MaskFailure(
+                        f"column {col.name!r} is in a binary format pathwarden cannot "
+                        "rewrite and holds what looks like a secret; request the result "
+                        "in text format")
+            else:
+                values.append(value)
+                continue
+            if result.changed:
+                changed = True
+                _add(counts, col.name if col is not None else f"column{index + 1}",
+                     result.counts)
+            values.append(result.data)
+        if not changed:
+            return None
+        out = [_U16.pack(len(values))]
+        for v in values:
+            out.append(_I32.pack(-1) if v is None else _I32.pack(len(v)) + v)
+        body = b"".join(out)
+        return _HEADER.pack(b"D", len(body) + 4) + body
+
+    # -- notices and errors -----------------------------------------------------------
+
+    def fields_message(self, kind: bytes, payload: bytes | memoryview,
+                       counts: dict[str, int]) -> bytes | None:
+        """A masked NoticeResponse/ErrorResponse frame, or None if nothing was masked."""
+        cls = m.ErrorResponse if kind == b"E" else m.NoticeResponse
+        msg = cls.decode(bytes(payload))
+        where = "error" if kind == b"E" else "notice"
+        fields = dict(msg.fields)
+        changed = False
+        for code, text in msg.fields.items():
+            if code in _CODE_FIELDS or not text:
+                continue
+            masked, found = self.engine.mask_text(text)
+            if found:
+                changed = True
+                fields[code] = masked
+                _add(counts, where, found)
+        if not changed:
+            return None
+        return cls(fields=fields).encode()
+
+    # -- COPY OUT ---------------------------------------------------------------------
+
+    @property
+    def copying(self) -> bool:
+        return self._copy is not None or self._copy_binary
+
+    def copy_out(self, payload: bytes | memoryview) -> None:
+        """A CopyOutResponse: text COPY is streamed through the masker."""
+        binary = bytes(payload[:1]) == b"\x01"
+        self._copy_binary = binary
+        self._copy = None if binary else self.engine.stream()
+        self._copy_counts = {}
+
+    def copy_data(self, payload: bytes | memoryview) -> bytes:
+        """The CopyData frame(s) to send for one from the server (possibly none)."""
+        data = bytes(payload)
+        if self._copy_binary:
+            if self.engine.candidates(data) and self.engine.mask(data).changed:
+                raise MaskFailure("binary COPY output holds what looks like a secret and "
+                                  "cannot be rewritten; use COPY in text or CSV format")
+            return _HEADER.pack(b"d", len(data) + 4) + data
+        assert self._copy is not None
+        out = self._copy.feed(data)
+        return _HEADER.pack(b"d", len(out) + 4) + out if out else b""
+
+    def copy_end(self, counts: dict[str, int]) -> bytes:
+        """What the stream still holds, as a CopyData frame, at the end of COPY OUT."""
+        stream, self._copy, self._copy_binary = self._copy, None, False
+        if stream is None:
+            return b""
+        out = stream.flush()
+        _add(counts, "copy", stream.counts)
+        return _HEADER.pack(b"d", len(out) + 4) + out if out else b""
