@@ -4,7 +4,7 @@ Theory of operation: GitHub Actions, GitLab CI and other CI systems give each
 job a JWT signed by the provider (OpenID Connect Core 1.0, RFC 7519) whose
 claims say which repository, branch, environment and workflow the job runs.
 :meth:`OidcExchange.exchange` verifies such a token and maps it, through the
-ordered rules of the configured :class:`~.oidc_rules.TrustIssuer`, to the
+ordered rules of the configured :class:`~pathwarden.config.trust.TrustIssuer`, to the
 identity and lifetime of a pathwarden token; minting that token is the
 caller's job (:meth:`~.authenticate.Authenticator.issue_token`).
 
@@ -45,14 +45,14 @@ from typing import Any
 import jwt
 
 from pathwarden.config.durations import format_duration
-from pathwarden.identity.oidc_jwks import ExchangeError, JwksCache, show
-from pathwarden.identity.oidc_rules import (
+from pathwarden.config.trust import (
     TrustIssuer,
     TrustRule,
     claim_text,
     kept_claims,
     match_rule,
 )
+from pathwarden.identity.oidc_jwks import ExchangeError, JwksCache, show
 
 __all__ = [
     "MAX_TOKEN_SIZE",

@@ -31,7 +31,7 @@ import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
-from pathwarden.identity.oidc_rules import TrustIssuer, url_problem
+from pathwarden.config.trust import TrustIssuer, url_problem
 
 __all__ = ["ExchangeError", "JwksCache", "key_fits", "show"]
 
