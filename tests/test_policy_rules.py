@@ -283,10 +283,25 @@ def test_identity_entries() -> None:
     assert numeric.matches(ident(run_attempt="1"))
 
 
+def test_identity_entry_combines_name_group_and_claims() -> None:
+    # The deploy stage, and only when its pipeline runs from main.
+    entry = parse_identity_entry({"identity": "ci-deploy",
+                                  "claims": {"ref": "refs/heads/main"}})
+    assert entry.matches(ident("ci-deploy", ref="refs/heads/main"))
+    assert not entry.matches(ident("ci-deploy", ref="refs/heads/feature"))
+    assert not entry.matches(ident("ci-test", ref="refs/heads/main"))
+    grouped = parse_identity_entry({"group": "deployers", "claims": {"environment": "prod*"}})
+    assert grouped.matches(ident("x", ("deployers",), environment="production"))
+    assert not grouped.matches(ident("x", ("ci",), environment="production"))
+
+
 @pytest.mark.parametrize(("entry", "expected"), [
     ("group:", "'group:' needs a group name"),
     ("", "must not be empty"),
-    ({"claim": {"a": "b"}}, "unknown key claim in identity entry (valid keys: claims, labels)"),
+    ({"claim": {"a": "b"}},
+     "unknown key claim in identity entry (valid keys: identity, group, claims, labels)"),
+    ({"identity": ""}, "identity must be a name"),
+    ({"group": ["ci"]}, "group must be a name"),
     ({"claims": {}}, "claims must be a non-empty mapping"),
     ({"claims": {"a": ["x"]}}, "claims.a must be a string or glob"),
     (["x"], 'an identity entry is an identity name, "group:<group>", "*"'),
@@ -408,6 +423,13 @@ def test_unknown_identity_name_in_a_policy() -> None:
     msg = config_error(CONFIG.replace("identities: [ci-test,", "identities: [ci-tset,"))
     assert msg.startswith("pw.yaml:9:18: policies[0].identities[0]: unknown identity 'ci-tset' "
                           "in policy test-readonly; defined identities: ci-deploy, ci-test"), msg
+
+
+def test_unknown_identity_name_in_an_attribute_entry() -> None:
+    msg = config_error(CONFIG.replace("identities: [ci-test,",
+                                      "identities: [{identity: ci-tset, claims: {ref: main}},"))
+    assert msg.startswith("pw.yaml:9:18: policies[0].identities[0]: unknown identity 'ci-tset' "
+                          "in policy test-readonly"), msg
 
 
 def test_duplicate_policy_names() -> None:

@@ -457,11 +457,14 @@ class IdentityMatcher:
     """One entry of a policy's ``identities``.
 
     ``kind`` is ``any`` (``"*"``), ``name``, ``group`` (``"group:<g>"``) or
-    ``attributes`` (``{claims: {...}, labels: {...}}``: every key must match).
+    ``attributes`` (``{identity: n, group: g, claims: {...}, labels: {...}}``:
+    every key given must match, so ``{identity: ci-deploy, claims: {ref:
+    refs/heads/main}}`` is the deploy stage only when it runs from main).
     """
 
     kind: Literal["any", "name", "group", "attributes"]
     value: str = ""
+    group: str = ""
     claims: tuple[tuple[str, str], ...] = ()
     labels: tuple[tuple[str, str], ...] = ()
     source: str = ""
@@ -474,6 +477,10 @@ class IdentityMatcher:
             return identity.name == self.value
         if self.kind == "group":
             return self.value in identity.groups
+        if self.value and identity.name != self.value:
+            return False
+        if self.group and self.group not in identity.groups:
+            return False
         return _globs_match(self.claims, identity.claims) and _globs_match(
             self.labels, identity.labels)
 
@@ -494,16 +501,24 @@ def parse_identity_entry(value: object) -> IdentityMatcher:
             raise _error('an identity entry must not be empty; use "*" for everyone')
         return IdentityMatcher("name", text, source=text)
     if isinstance(value, Mapping) and value:
-        unknown = [k for k in value if k not in ("claims", "labels")]
+        unknown = [k for k in value if k not in ("identity", "group", "claims", "labels")]
         if unknown:
             raise _error(f"unknown key {render_value(unknown[0])} in identity entry "
-                         "(valid keys: claims, labels)", (str(unknown[0]),))
+                         "(valid keys: identity, group, claims, labels)", (str(unknown[0]),))
+        names: dict[str, str] = {}
+        for key in ("identity", "group"):
+            if key in value:
+                given = value[key]
+                if not isinstance(given, str) or not given.strip():
+                    raise _error(f"{key} must be a name, got {render_value(given)}", (key,))
+                names[key] = given.strip()
         claims = _glob_map(value["claims"], "claims", ("claims",)) if "claims" in value else ()
         labels = _glob_map(value["labels"], "labels", ("labels",)) if "labels" in value else ()
-        return IdentityMatcher("attributes", claims=claims, labels=labels,
+        return IdentityMatcher("attributes", names.get("identity", ""),
+                               group=names.get("group", ""), claims=claims, labels=labels,
                                source=render_value(value), raw=value)
     raise _error('an identity entry is an identity name, "group:<group>", "*" or '
-                 "{claims: {key: glob}} / {labels: {key: glob}}; "
+                 "{identity: name, group: g, claims: {key: glob}, labels: {key: glob}}; "
                  f"got {render_value(value)}")
 
 
