@@ -33,10 +33,12 @@ from pydantic_core import PydanticCustomError
 
 from pathwarden.config.durations import Duration, format_duration
 from pathwarden.config.secrets import Secret
+from pathwarden.config.trust import TrustIssuer
 from pathwarden.masking.settings import MaskingSettings
 from pathwarden.policy.rules import PolicyConfig
 
 __all__ = [
+    "ApiSettings",
     "AuditSettings",
     "ConnectionConfig",
     "GatewayConfig",
@@ -49,6 +51,7 @@ __all__ = [
     "SqlSettings",
     "StoreConfig",
     "TokenSettings",
+    "TrustIssuer",
     "split_host_port",
 ]
 
@@ -128,11 +131,7 @@ class ListenerConfig(_Model):
     @field_validator("bind")
     @classmethod
     def _check_bind(cls, value: str) -> str:
-        try:
-            split_host_port(value)
-        except ValueError as exc:
-            raise PydanticCustomError("bind", "{detail}", {"detail": str(exc)}) from None
-        return value
+        return _checked_bind(value)
 
     @property
     def host(self) -> str:
@@ -142,6 +141,40 @@ class ListenerConfig(_Model):
     @property
     def port(self) -> int:
         return split_host_port(self.bind)[1]
+
+
+class ApiSettings(_Model):
+    """The HTTP API (token exchange, whoami, token administration)."""
+
+    enabled: bool = True
+    bind: str = "127.0.0.1:15480"
+    # None: the self-signed certificate the PostgreSQL listeners use (data_dir/tls).
+    tls: ListenerTls | None = None
+    require_tls: bool = True
+    # Plain HTTP is then accepted from loopback clients (the gateway's own host).
+    allow_plaintext_loopback: bool = False
+
+    @field_validator("bind")
+    @classmethod
+    def _check_bind(cls, value: str) -> str:
+        return _checked_bind(value)
+
+    @property
+    def host(self) -> str:
+        """The address to bind, without IPv6 brackets."""
+        return split_host_port(self.bind)[0]
+
+    @property
+    def port(self) -> int:
+        return split_host_port(self.bind)[1]
+
+
+def _checked_bind(value: str) -> str:
+    try:
+        split_host_port(value)
+    except ValueError as exc:
+        raise PydanticCustomError("bind", "{detail}", {"detail": str(exc)}) from None
+    return value
 
 
 class PostgresConnection(_Model):
@@ -175,17 +208,36 @@ class IdentityConfig(_Model):
     max_token_ttl: Duration = timedelta(hours=1)
     # None: any connection; otherwise the only connections its tokens may use.
     connections: list[str] | None = None
+    # May call the API's admin endpoints (issue, list and revoke tokens).
+    admin: bool = False
 
 
 class TokenSettings(_Model):
     default_ttl: Duration = timedelta(minutes=15)
     max_ttl: Duration = timedelta(hours=24)  # cap for every identity
+    # How often live sessions' tokens are looked up for revocation (one store query).
+    revocation_check: Duration = timedelta(seconds=5)
+    # How long a session may outlive its token's expiry before it is ended.
+    session_grace: Duration = timedelta(0)
 
 
 class StoreConfig(_Model):
     # None: SQLite at <data_dir>/pathwarden.db. A Secret because a PostgreSQL
     # URL usually carries a password.
     url: Secret | None = None
+
+
+class AuthLimits(_Model):
+    """Failed authentications tolerated, per client address and per identity, in a window.
+
+    Past a limit, logins from that address (or as that identity) are refused
+    until the window has passed, even with a valid token. Applies to every
+    listener and the API; read at start (a reload does not change it).
+    """
+
+    failures_per_source: Annotated[int, Field(ge=1, strict=True)] = 10
+    failures_per_identity: Annotated[int, Field(ge=1, strict=True)] = 20
+    window: Duration = timedelta(minutes=1)
 
 
 class AuditSettings(_Model):
@@ -247,9 +299,13 @@ class GatewayConfig(_Model):
     tokens: TokenSettings = Field(default_factory=TokenSettings)
     store: StoreConfig = Field(default_factory=StoreConfig)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    auth_limits: AuthLimits = Field(default_factory=AuthLimits)
     sql: SqlSettings = Field(default_factory=SqlSettings)
     policies: list[PolicyConfig] = Field(default_factory=list)
     masking: MaskingSettings = Field(default_factory=MaskingSettings)
+    # OIDC issuers whose tokens CI jobs may exchange for pathwarden tokens (the API).
+    trust: list[TrustIssuer] = Field(default_factory=list)
+    api: ApiSettings = Field(default_factory=ApiSettings)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @model_validator(mode="after")
@@ -286,7 +342,52 @@ class GatewayConfig(_Model):
                 f"default_ttl {format_duration(self.tokens.default_ttl)} exceeds "
                 f"max_ttl {format_duration(self.tokens.max_ttl)}",
             )
+        self._check_tokens_and_api(binds)
+        self._check_trust()
         return self
+
+    def _check_tokens_and_api(self, binds: dict[tuple[str, int], int]) -> None:
+        if self.tokens.revocation_check < timedelta(milliseconds=100):
+            _fail(
+                ("tokens", "revocation_check"),
+                f"revocation_check {format_duration(self.tokens.revocation_check)} is below "
+                "the 100ms minimum (each check is a store query)",
+            )
+        if self.tokens.session_grace < timedelta(0):
+            _fail(("tokens", "session_grace"), "session_grace must not be negative")
+        address = (self.api.host, self.api.port)
+        if self.api.enabled and address in binds and self.api.port != 0:
+            _fail(
+                ("api", "bind"),
+                f"listeners[{binds[address]}] already binds {self.api.bind}",
+            )
+
+    def _check_trust(self) -> None:
+        names: dict[str, int] = {}
+        urls: dict[str, int] = {}
+        for index, issuer in enumerate(self.trust):
+            if issuer.name in names:
+                _fail(
+                    ("trust", index, "name"),
+                    f"duplicate trust issuer name {issuer.name!r} "
+                    f"(also trust[{names[issuer.name]}])",
+                )
+            names[issuer.name] = index
+            url = issuer.issuer.rstrip("/")
+            if url in urls:
+                _fail(
+                    ("trust", index, "issuer"),
+                    f"issuer {issuer.issuer!r} is already trusted as trust[{urls[url]}]; "
+                    "list each issuer once, with all its rules",
+                )
+            urls[url] = index
+            for number, rule in enumerate(issuer.rules):
+                if rule.identity not in self.identities:
+                    _fail(
+                        ("trust", index, "rules", number, "identity"),
+                        f"unknown identity {rule.identity!r} in rule {number + 1} of trust "
+                        f"issuer {issuer.name}; defined identities: {_names(self.identities)}",
+                    )
 
     def _check_policy_references(self) -> None:
         seen: dict[str, int] = {}
@@ -301,7 +402,8 @@ class GatewayConfig(_Model):
             if policy.masking is not None:
                 _policy_masking(index, policy.masking)
             for entry_index, entry in enumerate(policy.identities):
-                if entry.kind == "name" and entry.value not in self.identities:
+                if entry.kind in ("name", "attributes") and entry.value \
+                        and entry.value not in self.identities:
                     _fail(
                         ("policies", index, "identities", entry_index),
                         f"unknown identity {entry.value!r} in policy {policy.name}; "

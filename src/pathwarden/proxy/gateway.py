@@ -21,6 +21,7 @@ from ..audit.writer import AuditWriter
 from ..config import ConfigError, GatewayConfig, PostgresConnection, load_config
 from ..config.schema import policy_masking
 from ..identity import Authenticator, AuthError, TokenAuthority
+from ..identity.ratelimit import FailureLimiter
 from ..masking import MaskEngine, engine_for
 from ..masking.settings import MaskingError, mask_options
 from ..model import ConnectionRef, Identity
@@ -72,6 +73,11 @@ class Gateway:
         self._watch_task: asyncio.Task[None] | None = None
         self.targets = {n: build_target(n, c) for n, c in config.connections.items()}
         self._masking: dict[tuple[str, str], MaskEngine | None] = {}
+        # Failed logins per client address and per identity, on every protocol and the API.
+        limits = config.auth_limits
+        self.auth_limiter = FailureLimiter(per_source=limits.failures_per_source,
+                                           per_subject=limits.failures_per_identity,
+                                           window=limits.window.total_seconds())
         self.listeners: list[PostgresListener] = []
         self.sessions: set[PgSession] = set()
         self._cancel_keys: dict[tuple[int, bytes], PgSession] = {}

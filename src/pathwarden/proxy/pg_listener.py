@@ -30,6 +30,7 @@ import ssl
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from ..identity.ratelimit import retry_message
 from ..masking.settings import MaskingError
 from ..model import ConnectionRef, Protocol, SessionRecord
 from ..policy.sql import is_utf8_encoding
@@ -81,6 +82,13 @@ class _Refused(Exception):
         self.message = message
         self.hint = hint
         self.reason = reason or message
+
+
+def _source_of(peer: object) -> str:
+    """The client's address without its port: what failed logins are counted by."""
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0]).split("%")[0]
+    return "local"
 
 
 def _is_loopback(peer: object) -> bool:
@@ -270,6 +278,12 @@ class PostgresListener:
                     hint="remove it from the connection string; set session settings with "
                          "SET after connecting", reason=f"startup parameter {key} refused")
             forwarded[key] = value
+        source = _source_of(peer)
+        limiter = gw.auth_limiter
+        wait = limiter.check(source, user)
+        if wait is not None:
+            raise _Refused("28000", f"pathwarden: {retry_message(wait)} (from this address or "
+                           f"for user {user})", reason="too many failed authentications")
         # Ask for the token as a cleartext password (inside TLS or on loopback).
         leg.write(front.send(m.Authentication(code=m.AUTH_CLEARTEXT)))
         # Before authentication a client gets no more than a token's worth of
@@ -293,6 +307,7 @@ class PostgresListener:
         try:
             identity = await gw.authenticate(user=user, token=token, connection=dbname)
         except gw.auth_errors as exc:
+            limiter.failed(source, user)
             raise _Refused("28P01", f"pathwarden: authentication failed for user {user}: {exc}",
                            reason=f"authentication failed: {exc}") from None
         except StoreError as exc:
@@ -301,6 +316,7 @@ class PostgresListener:
                            "(its store is unavailable); try again later",
                            reason="store unavailable during authentication") from None
         del token
+        limiter.succeeded(source, user)
         record.token_ref = identity.token_ref
         record.claims = identity.claims
         target = gw.targets.get(dbname)

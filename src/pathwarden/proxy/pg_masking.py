@@ -169,45 +169,50 @@ class PgMasker:
 
     def data_row(self, payload: bytes | memoryview, plan: Plan | None, hit: bool,
                  counts: dict[str, int]) -> bytes | None:
-        """A masked DataRow frame for ``payload``, or None to forward it unchanged."""
+        """A masked DataRow frame for ``payload``, or None to forward it unchanged.
+
+        Only the values that change are copied: the row is rebuilt from
+        slices of the original around them.
+        """
         data = bytes(payload)
         (ncols,) = _U16.unpack_from(data, 0)
         pos = 2
-        values: list[bytes | None] = []
-        changed = False
+        parts: list[bytes] = []
+        last = 0  # start of the part of ``data`` not yet copied into ``parts``
         engine = self.engine
+        unpack = _I32.unpack_from
+        nplan = len(plan) if plan is not None else 0
         for index in range(ncols):
-            (ln,) = _I32.unpack_from(data, pos)
-            pos += 4
+            (ln,) = unpack(data, pos)
+            start = pos + 4
             if ln < 0:
-                values.append(None)
+                pos = start
                 continue
-            value = data[pos : pos + ln]
-            pos += ln
-            col = plan[index] if plan is not None and index < len(plan) else None
+            pos = start + ln
+            col = plan[index] if plan is not None and index < nplan else None
             if col is not None and col.sensitive and col.mode != _SKIP:
-                result = engine.mask_value(value, col.name)
+                result = engine.mask_value(data[start:pos], col.name)
             elif hit and (col is None or col.mode != _SKIP):
-                result = engine.mask(value)
+                result = engine.mask(data[start:pos])
                 if result.changed and col is not None and col.mode == _REFUSE:
                     raise MaskFailure(
                         f"column {col.name!r} is in a binary format pathwarden cannot "
                         "rewrite and holds what looks like a secret; request the result "
                         "in text format")
             else:
-                values.append(value)
                 continue
             if result.changed:
-                changed = True
+                new = result.data
+                parts.append(data[last : start - 4])
+                parts.append(_I32.pack(len(new)))
+                parts.append(new)
+                last = pos
                 _add(counts, col.name if col is not None else f"column{index + 1}",
                      result.counts)
-            values.append(result.data)
-        if not changed:
+        if not parts:
             return None
-        out = [_U16.pack(len(values))]
-        for v in values:
-            out.append(_I32.pack(-1) if v is None else _I32.pack(len(v)) + v)
-        body = b"".join(out)
+        parts.append(data[last:])
+        body = b"".join(parts)
         return _HEADER.pack(b"D", len(body) + 4) + body
 
     # -- notices and errors -----------------------------------------------------------
