@@ -249,11 +249,13 @@ _B62 = rb"A-Za-z0-9"
 _NOT_TOKEN_BEFORE = rb"(?<![A-Za-z0-9_\-])"
 _NOT_TOKEN_AFTER = rb"(?![A-Za-z0-9_\-])"
 
-#: The PEM body: base64 lines, line breaks (real or escaped as ``\n`` in JSON,
-#: env dumps and COPY text output) and RFC 1421 headers of encrypted keys.
+#: The PEM body: whole base64 lines, line breaks (real or escaped as ``\n`` in
+#: JSON, env dumps and COPY text output) and RFC 1421 headers of encrypted keys.
+#: A truncated block (no END line) stops at the first line that is not base64.
 PEM_BODY = (
     rb"(?:(?:Proc-Type|DEK-Info|Comment):[^\r\n\\]*"
-    rb"|[A-Za-z0-9+/=]|[ \t]*(?:\r?\n|\\r\\n|\\n)[ \t]*)*"
+    rb"|[A-Za-z0-9+/=]++(?=[ \t]*(?:\r?\n|\\r\\n|\\n|-----END|\"|$))"
+    rb"|[ \t]*(?:\r?\n|\\r\\n|\\n)[ \t]*)*"
 )
 PEM_BEGIN = rb"-----BEGIN[A-Z0-9 ]{0,24}PRIVATE KEY(?: BLOCK)?-----"
 PEM_END = rb"-----END[A-Z0-9 ]{0,24}PRIVATE KEY(?: BLOCK)?-----"

@@ -127,10 +127,15 @@ class StreamMasker:
             if len(buf) <= self._max_hold:
                 break
             if open_at >= 0:
-                out.append(self._mask(buf))
-                buf = b""
+                # Release the block masked up to where its body stops (perhaps a
+                # partial END line), then drop the rest of the body as it arrives.
+                begin = _BEGIN_RX.match(buf, open_at)
+                body = _BODY_RX.match(buf, begin.end()) if begin is not None else None
+                end = body.end() if body is not None else len(buf)
+                out.append(self._mask(buf[:end]))
+                buf = buf[end:]
                 self._swallow = True
-                break
+                continue
             cut, spans = self._forced_cut(buf)
             out.append(self._release(buf, cut, spans))
             buf = buf[cut:]
