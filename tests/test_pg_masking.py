@@ -13,6 +13,7 @@ import asyncio
 import random
 import string
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -288,3 +289,20 @@ def test_audit_store_holds_masked_statements_params_errors_and_counts(
     assert rows_stmt.masked.get("password:column") == 1
     assert rows_stmt.masked.get("config:aws-access-key") == 1
     assert error_stmt.error is not None and "[MASKED:literal]" in error_stmt.error
+
+
+def test_sessions_show_reports_what_was_masked(mask_gw: GatewayHarness) -> None:
+    marker = uuid.uuid4().hex
+    with psycopg.connect(mask_gw.dsn("secrets-db", application_name=marker),
+                         autocommit=True) as conn:
+        conn.execute(f"select password, config from {SCHEMA}.creds where id = 1 /* {marker} */")
+    mask_gw.flush()
+    session = next(s for s in mask_gw.sessions(connection="secrets-db")
+                   if any(marker in st.text for st in mask_gw.statements(s.id)))
+    proc = subprocess.run([sys.executable, "-m", "pathwarden.cli.main", "sessions", "show",
+                           session.id, "--config", str(mask_gw.config_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "masked: config:aws-access-key x1" in proc.stdout
+    assert "password:column" in proc.stdout
+    _assert_clean(proc.stdout, "sessions show")

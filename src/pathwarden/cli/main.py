@@ -24,7 +24,9 @@ from .. import __version__
 from ..config import ConfigError, GatewayConfig, format_duration, parse_duration
 from ..store import Store, StoreError, open_store, store_url_for
 from .common import err, fail, load
+from .connect_cmd import connect_command
 from .mask_cmd import mask_command
+from .pipeline_cmd import exec_command, login_command
 from .policy_cmd import policy_app
 
 T = TypeVar("T")
@@ -42,6 +44,9 @@ app.add_typer(sessions_app, name="sessions")
 app.add_typer(config_app, name="config")
 app.add_typer(policy_app, name="policy")
 app.command("mask")(mask_command)
+app.command("login")(login_command)
+app.command("exec")(exec_command)
+app.command("connect")(connect_command)
 
 # Pipelines read this output from logs: don't squeeze tables into 80 columns there.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
@@ -273,6 +278,9 @@ def sessions_show(
         if st.params:
             text += "\n  params: " + ", ".join("NULL" if p is None else p for p in st.params)
         result = f"ERROR: {st.error}" if st.error else (st.command_tag or "")
+        if st.masked:
+            result += "\n  masked: " + ", ".join(f"{k} x{n}" for k, n in sorted(
+                st.masked.items()))
         table.add_row(str(st.seq), st.kind, text, st.verdict.value, result,
                       "" if st.rows is None else str(st.rows),
                       "" if st.duration_ms is None else f"{st.duration_ms:.2f}")
