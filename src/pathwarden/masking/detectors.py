@@ -97,19 +97,20 @@ _PLACEHOLDER_WORDS = frozenset(
 # Template references, masks already applied, and values that only name a secret.
 _PLACEHOLDER_RX = _rx(
     rb"""(?xs)
-      \$\{[^}]*\}?                          # ${VAR}, ${{ secrets.X }}
+      \$\{.*                                # ${VAR}, ${{ secrets.X }} (cut at a blank)
     | \$\(?[A-Za-z_][A-Za-z0-9_]*\)?        # $VAR, $(VAR)
     | \{\{.*\}\} | \{%.*%\} | <%.*%> | \#\{.*\}
     | %\([A-Za-z_]*\)s | %s | %[A-Za-z_]+% | \? | [:@][A-Za-z_][A-Za-z0-9_]*
     | <[^<>]*>                              # <redacted>, <your-token>
-    | \[(?:MASKED|REDACTED|FILTERED|HIDDEN)[^\]]*\]?
+    | (?i:\[(?:masked|redacted|filtered|hidden|secret|removed)[^\]]*\]?)
+    | (?i:(?:replace|change|insert|enter|fill|put|set)[_\-]?(?:me|this|here|in|it)(?:[_\-][a-z]+)*)
     | (.)\1*                                # ****, xxxx, ....
     | (?i:(?:your|my|some)[_\-]?[a-z_\-]*)
     | (?i:x{3,}|\*{3,}|\.{3,}|\#{3,})[^\s]*
     """
 )
 
-_PLACEHOLDER_FIRST = frozenset(b"${<#%?:@[*.xXyYmMsS")
+_PLACEHOLDER_FIRST = frozenset(b"${<#%?:@[*.xXyYmMsSrRcCiIeEfFpP")
 
 
 def is_placeholder(value: bytes) -> bool:
@@ -177,6 +178,30 @@ def token_ok(secret: bytes, key: bytes | None, strength: int) -> bool:
 def value_ok(secret: bytes, key: bytes | None, strength: int) -> bool:
     """A header or URL credential that is not a placeholder."""
     return not is_placeholder(secret)
+
+
+def _random_bytes_ok(secret: bytes, key: bytes | None, strength: int) -> bool:
+    """Base64 of random bytes (a key), not of text such as a JSON document."""
+    try:
+        raw = base64.b64decode(secret)
+    except (ValueError, binascii.Error):
+        return False
+    printable = sum(32 <= c < 127 or c in (9, 10, 13) for c in raw)
+    return printable < 0.9 * len(raw) and token_ok(secret, key, strength)
+
+
+_PEM_B64_PREFIX = b"LS0tLS1CRUdJTi"  # base64 of "-----BEGIN"
+
+
+def _private_key_ok(secret: bytes, key: bytes | None, strength: int) -> bool:
+    """A PEM body, or base64 of a whole PEM private key (Kubernetes ``tls.key``)."""
+    if not secret.startswith(_PEM_B64_PREFIX):
+        return True
+    head = secret[:80]
+    try:
+        return b"PRIVATE KEY" in base64.b64decode(head[: len(head) // 4 * 4])
+    except (ValueError, binascii.Error):
+        return False
 
 
 def jwt_header_ok(segment: bytes) -> bool:
@@ -333,9 +358,9 @@ BUILTIN: tuple[Detector, ...] = (
     Detector(
         "azure-storage-key",
         (Rule(rb"[A-Za-z0-9+/]{86}==",
-              _rx(rb"(?<![A-Za-z0-9+/=\-])(?<!sha512-)(?P<secret>[A-Za-z0-9+/]{86}==)"
+              _rx(rb"(?<![A-Za-z0-9+/])(?<!sha512-)(?P<secret>[A-Za-z0-9+/]{86}==)"
                   rb"(?![A-Za-z0-9+/=])"), before=16, after=16),),
-        validator=token_ok,
+        validator=_random_bytes_ok,
         priority=40,
     ),
     Detector(
@@ -427,7 +452,11 @@ BUILTIN: tuple[Detector, ...] = (
     Detector(
         "private-key",
         (Rule(PEM_BEGIN, _rx(PEM_BEGIN + rb"(?P<secret>" + PEM_BODY + rb")"),
-              before=0, after=1 << 20),),
+              before=0, after=1 << 20),
+         Rule(_PEM_B64_PREFIX + rb"[A-Za-z0-9+/]{20}",
+              _rx(rb"(?<![A-Za-z0-9+/])(?P<secret>" + _PEM_B64_PREFIX + rb"[A-Za-z0-9+/]+=*)"),
+              before=0, after=1 << 20)),
+        validator=_private_key_ok,
         priority=40,
     ),
     Detector(
@@ -450,7 +479,11 @@ BUILTIN: tuple[Detector, ...] = (
                   rb"(?i:authorization)\\?[\"']?[ \t]*[:=][ \t]*\\?[\"']?"
                   rb"(?:(?i:bearer|basic|token|digest|negotiate|ntlm|apikey|key|sso-key|ssws"
                   rb"|splunk|aws4-hmac-sha256|gitlab-token)[ \t]+)?"
-                  rb"(?P<secret>[^\s\"'`\\]+)"),),
+                  rb"(?P<secret>[^\s\"'`\\]+)"),
+         # A bare "Bearer <token>" (a header value in a Kubernetes env list, a log line).
+         Rule(rb"(?:Bearer|Basic)[ \t]+[A-Za-z0-9\-._~+/]{16}",
+              _rx(rb"(?<![A-Za-z])(?:Bearer|Basic)[ \t]+(?P<secret>[A-Za-z0-9\-._~+/]{16,}=*)"),
+              before=0, after=4096)),
         validator=value_ok,
         priority=25,
     ),
