@@ -27,8 +27,10 @@ def test_demo_runs_a_query_through_the_gateway_and_shows_the_audit() -> None:
         assert proc.returncode == 0, proc.stdout + proc.stderr
         out = proc.stdout
         assert "shop" in out and "billing" in out and "(3 rows)" in out
-        assert "ALLOW 'select service, version from deployments order by id'" in out
-        assert "SELECT 3" in out
+        assert "ALLOW 'select service, version, settings from deployments order by id'" in out
+        # A credential stored in the data reaches the client masked.
+        assert "postgres://shop:[MASKED:uri-credentials]@db/shop" in out
+        assert "SELECT 3" in out and "masked settings:uri-credentials x1" in out
         # The policy refuses the demo's delete, and the audit trail shows both.
         assert "DENY 'delete from deployments'" in out
         assert "no rule of policy test-readonly allows write" in out

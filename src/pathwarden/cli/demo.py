@@ -31,17 +31,18 @@ T = TypeVar("T")
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 DEMO_SQL = """
-create table if not exists deployments (
+drop table if exists deployments;
+create table deployments (
     id serial primary key, service text not null, version text not null,
+    settings text not null default '',
     deployed_at timestamptz not null default now());
-truncate deployments;
 insert into deployments (service, version) values
     ('shop', '4.1.0'), ('shop', '4.2.0'), ('billing', '2.7.3');
 grant select, insert, update, delete on deployments to app;
 grant usage on sequence deployments_id_seq to app;
 """
 
-DEMO_QUERY = "select service, version from deployments order by id"
+DEMO_QUERY = "select service, version, settings from deployments order by id"
 DEMO_DENIED = "delete from deployments"
 
 
@@ -125,6 +126,11 @@ def _prepare_database(socket_dir: Path, port: int, password: str, pgdata: Path) 
     with psycopg.connect(f"host={socket_dir} port={port} user=postgres dbname=demo",
                          autocommit=True) as conn:
         conn.execute(DEMO_SQL)
+        # A credential that leaked into application data: masking keeps it out of the
+        # client's output (made up at each run, so no such string lives in the code).
+        leaked = f"DATABASE_URL=postgres://shop:{secrets.token_urlsafe(12)}@db/shop"
+        conn.execute("update deployments set settings = %s where version = '4.2.0'",
+                     (leaked,))
 
 
 class _Background:
@@ -190,6 +196,8 @@ def run_demo(workdir: Path, *, keep_running: bool = False) -> int:
                     "sslmode=require")
         console.print(f'4. querying through the gateway:\n   PGPASSWORD=$TOKEN psql '
                       f'"{conninfo}" -c "{DEMO_QUERY}"')
+        console.print("   (one row's settings hold a database URL with its password: "
+                      "masking replaces the password before it reaches psql)")
         ok = _query(conninfo, issued.token)
         console.print(f'5. a statement the policy does not allow ci-test:\n   PGPASSWORD=$TOKEN '
                       f'psql "{conninfo}" -c "{DEMO_DENIED}"')
@@ -206,8 +214,10 @@ def run_demo(workdir: Path, *, keep_running: bool = False) -> int:
             for st in statements:
                 outcome = (f"{st.command_tag} ({st.rows} rows, {st.duration_ms:.2f} ms)"
                            if st.error is None else st.error)
+                masked = ("; masked " + ", ".join(f"{k} x{n}" for k, n in st.masked.items())
+                          if st.masked else "")
                 console.print(f"   #{st.seq} {st.verdict.value.upper()} {st.text!r} -> "
-                              f"{outcome}")
+                              f"{outcome}{masked}")
         if keep_running and ok:
             console.print(f"\nThe gateway keeps running on 127.0.0.1:{gw_port}. Try:\n"
                           f"  export PGPASSWORD=$(pathwarden token issue ci-test "
@@ -243,8 +253,8 @@ def _query(conninfo: str, token: str) -> bool:
     import psycopg
 
     with psycopg.connect(conninfo, password=token) as conn:
-        for service, version in conn.execute(DEMO_QUERY):
-            console.print(f"   {service:<10} {version}")
+        for service, version, settings in conn.execute(DEMO_QUERY):
+            console.print(f"   {service:<10} {version:<8} {settings}")
     return True
 
 
