@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import typer
 from rich.console import Console
@@ -243,8 +243,9 @@ def _github_id_token(audience: str, timeout: float) -> str:
     if parts.scheme != "https" and not (parts.scheme == "http" and parts.hostname
                                         and is_loopback(parts.hostname)):
         die(f"--github: refusing to send the request token to a non-https URL {url!r}")
+    # The URL carries its own query (api-version); GitHub's toolkit appends the audience.
+    url += ("&" if "?" in url else "?") + "audience=" + quote(audience, safe="")
     body = _request("GET", url, "the OIDC token request", True, timeout,
-                    params={"audience": audience},
                     headers={"Authorization": f"Bearer {bearer}"})
     value = body.get("value")
     if not isinstance(value, str) or not value:
@@ -253,10 +254,14 @@ def _github_id_token(audience: str, timeout: float) -> str:
 
 
 def _describe(body: Mapping[str, Any]) -> str:
+    """Identity, token ref, expiry, reach and claims of an API answer (never the token)."""
     scope = body.get("connections")
-    scope_text = ", ".join(map(str, scope)) if scope else "any allowed connection"
+    if "token_scope" in body:  # whoami: connections is what the token can reach
+        reach = "connections: " + (", ".join(map(str, scope)) if scope else "none")
+    else:
+        reach = "scope: " + (", ".join(map(str, scope)) if scope else "any allowed connection")
     text = (f"{body.get('identity')}: token {body.get('token_ref')}, expires "
-            f"{body.get('expires_at')}, scope: {scope_text}")
+            f"{body.get('expires_at')}, {reach}")
     claims = body.get("claims")
     if isinstance(claims, dict) and claims:
         text += "; claims: " + ", ".join(f"{k}={v}" for k, v in sorted(claims.items()))
