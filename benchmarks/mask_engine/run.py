@@ -471,8 +471,8 @@ def ds_recall(ds: DetectSecrets, c: Any, per_detector: int) -> tuple[Counter[str
                 lines.append((ln, text[line_starts[ln] : end]))
             found = ds.scan_lines(lines)
             ok = False
-            for ln, _typ, value in found:
-                if l1 > l0:  # multi-line secret: any finding on its lines
+            for ln, typ, value in found:
+                if l1 > l0 or typ == "Private Key":  # a PEM block: any finding on it
                     ok = True
                     break
                 line_text = dict(lines)[ln]
