@@ -53,7 +53,16 @@ def standard_config(pg: PgServer, data_dir: Path, port: int) -> dict[str, Any]:
         "audit": {"flush_interval": "50ms"},
         # Tests refuse many logins on purpose; the limiter has tests of its own.
         "auth_limits": {"failures_per_source": 100000, "failures_per_identity": 100000},
+        # The HTTP API is on by default at a fixed port; gateways here share a machine.
+        # Tests of the API add one with api_settings().
+        "api": {"enabled": False},
     }
+
+
+def api_settings(port: int | None = None, **changes: Any) -> dict[str, Any]:
+    """An ``api:`` block on a free loopback port, plain HTTP allowed from loopback."""
+    return {"enabled": True, "bind": f"127.0.0.1:{port or free_port()}",
+            "allow_plaintext_loopback": True, **changes}
 
 
 class GatewayHarness:
@@ -121,6 +130,12 @@ class GatewayHarness:
 
     def live_sessions(self) -> int:
         return len(self.gateway.sessions)
+
+    def api_url(self, scheme: str = "http") -> str:
+        """Where the gateway's HTTP API listens (``api.enabled`` must be true)."""
+        api = self.gateway.api
+        assert api is not None, "this gateway's configuration has no api.enabled"
+        return f"{scheme}://127.0.0.1:{api.port}"
 
     def stop(self) -> None:
         async def _stop() -> None:

@@ -24,6 +24,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainSerializer,
+    PlainValidator,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -31,7 +33,12 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from pathwarden.config.durations import Duration, format_duration
+from pathwarden.config.durations import (
+    Duration,
+    _validate_duration,
+    format_duration,
+    parse_duration,
+)
 from pathwarden.config.secrets import Secret
 from pathwarden.config.trust import TrustIssuer
 from pathwarden.masking.settings import MaskingSettings
@@ -212,13 +219,34 @@ class IdentityConfig(_Model):
     admin: bool = False
 
 
+def _zero_or_duration(value: object) -> timedelta:
+    """A :data:`Duration`, or zero (``0``, ``"0s"``): "no extra time"."""
+    if isinstance(value, str):
+        try:
+            if parse_duration(value) == timedelta(0):
+                return timedelta(0)
+        except ValueError:
+            pass  # the duration validator says what is wrong
+    elif value == 0 and not isinstance(value, bool):
+        return timedelta(0)
+    return _validate_duration(value)
+
+
+#: A duration that may also be zero.
+ZeroOrDuration = Annotated[
+    timedelta,
+    PlainValidator(_zero_or_duration),
+    PlainSerializer(format_duration, return_type=str),
+]
+
+
 class TokenSettings(_Model):
     default_ttl: Duration = timedelta(minutes=15)
     max_ttl: Duration = timedelta(hours=24)  # cap for every identity
     # How often live sessions' tokens are looked up for revocation (one store query).
     revocation_check: Duration = timedelta(seconds=5)
     # How long a session may outlive its token's expiry before it is ended.
-    session_grace: Duration = timedelta(0)
+    session_grace: ZeroOrDuration = timedelta(0)
 
 
 class StoreConfig(_Model):

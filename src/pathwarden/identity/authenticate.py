@@ -7,14 +7,16 @@ the first failure wins:
 2. the login name the client sent is the identity the token was issued to
    (so a leaked token cannot be mistaken for another stage's in audit logs);
 3. that identity is still configured;
-4. the store knows the token and it is not revoked (revocation takes effect
-   on the next connection; open sessions are not cut here);
+4. the store knows the token and it is not revoked (open sessions are cut
+   by the gateway's revocation check, not here);
 5. the connection exists, is in the token's scope (``cns``) and is allowed
    for the identity.
 
 Every refusal is an :class:`AuthError` whose message is safe to send to the
 client: it names the token only by its ``token_ref`` and says how to fix the
-problem. Store failures are not authentication failures: :class:`StoreError`
+problem. :meth:`Authenticator.verify_bearer` runs checks 1, 3 and 4 for a
+token presented to the HTTP API, where there is no login name or connection.
+Store failures are not authentication failures: :class:`StoreError`
 propagates so the caller can report an internal error (and still refuse).
 
 :meth:`Authenticator.issue_token` is the single place that mints tokens under
@@ -24,14 +26,15 @@ the configured caps and records them in the store.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from pathwarden.config import GatewayConfig, IdentityConfig, format_duration
-from pathwarden.identity.tokens import IssuedToken, TokenAuthority, TokenError
+from pathwarden.identity.tokens import IssuedToken, TokenAuthority, TokenClaims, TokenError
 from pathwarden.model import Identity
 from pathwarden.store import Store, TokenRecord
 
-__all__ = ["AuthError", "Authenticator", "IssueError"]
+__all__ = ["AuthError", "Authenticator", "BearerGrant", "IssueError"]
 
 
 class AuthError(Exception):
@@ -51,6 +54,16 @@ class IssueError(Exception):
     """A token request exceeds what the configuration allows."""
 
 
+@dataclass(frozen=True, slots=True)
+class BearerGrant:
+    """What a token presented to the HTTP API grants."""
+
+    identity: Identity
+    admin: bool  # identities.<name>.admin
+    scope: tuple[str, ...] | None  # the token's own scope (None: unscoped)
+    usable: tuple[str, ...]  # configured connections both token and identity allow
+
+
 class Authenticator:
     """Checks tokens against configuration and the store; issues tokens within limits."""
 
@@ -61,36 +74,15 @@ class Authenticator:
 
     async def authenticate(self, *, user: str, token: str, connection: str) -> Identity:
         """Return who is connecting, or raise :class:`AuthError` saying why not."""
-        try:
-            claims = self._authority.verify(token)
-        except TokenError as exc:
-            raise AuthError(exc.reason, str(exc)) from None
-        ref = claims.token_ref
+        claims = self._verify(token)
         if user != claims.identity:
             raise AuthError(
                 "identity_mismatch",
-                f"token {ref} was issued for {claims.identity}, not {user}; "
+                f"token {claims.token_ref} was issued for {claims.identity}, not {user}; "
                 f"connect as user {claims.identity} or issue a token for {user}",
             )
-        identity = self._config.identities.get(claims.identity)
-        if identity is None:
-            raise AuthError(
-                "unknown_identity",
-                f"identity {claims.identity} (token {ref}) is not configured on this gateway",
-            )
-        record = await self._store.token_status(ref)
-        if record is None:
-            raise AuthError(
-                "unknown_token",
-                f"token {ref} is not known to this gateway's store; "
-                f"issue a new one with: pathwarden token issue {claims.identity}",
-            )
-        if record.revoked_at is not None:
-            why = f" ({record.revoked_reason})" if record.revoked_reason else ""
-            raise AuthError(
-                "revoked",
-                f"token {ref} was revoked at {_iso(record.revoked_at)}{why}",
-            )
+        identity = await self._known(claims)
+        ref = claims.token_ref
         if connection not in self._config.connections:
             raise AuthError(
                 "unknown_connection",
@@ -110,14 +102,61 @@ class Authenticator:
                 f"identity {claims.identity} may not use connection {connection} "
                 f"(allowed: {', '.join(identity.connections) or 'none'})",
             )
-        return Identity(
-            name=claims.identity,
-            groups=tuple(identity.groups),
-            labels=dict(identity.labels),
-            claims=claims.claims,
-            token_ref=ref,
-            expires_at=claims.expires_at,
+        return _identity(claims, identity)
+
+    async def verify_bearer(self, token: str) -> Identity:
+        """Who presents ``token`` to the HTTP API: checks 1, 3 and 4 of :meth:`authenticate`.
+
+        Raises :class:`AuthError` (signature, configured identity, known and not
+        revoked) or :class:`StoreError`.
+        """
+        return (await self.bearer_grant(token)).identity
+
+    async def bearer_grant(self, token: str) -> BearerGrant:
+        """:meth:`verify_bearer`, plus the connections the token may use."""
+        claims = self._verify(token)
+        settings = await self._known(claims)
+        names = sorted(self._config.connections)
+        if settings.connections is not None:
+            names = [n for n in names if n in settings.connections]
+        if claims.connections is not None:
+            names = [n for n in names if n in claims.connections]
+        return BearerGrant(
+            identity=_identity(claims, settings),
+            admin=settings.admin,
+            scope=claims.connections,
+            usable=tuple(names),
         )
+
+    def _verify(self, token: str) -> TokenClaims:
+        try:
+            return self._authority.verify(token)
+        except TokenError as exc:
+            raise AuthError(exc.reason, str(exc)) from None
+
+    async def _known(self, claims: TokenClaims) -> IdentityConfig:
+        """The configuration of a verified token's identity, once the store vouches for it."""
+        ref = claims.token_ref
+        identity = self._config.identities.get(claims.identity)
+        if identity is None:
+            raise AuthError(
+                "unknown_identity",
+                f"identity {claims.identity} (token {ref}) is not configured on this gateway",
+            )
+        record = await self._store.token_status(ref)
+        if record is None:
+            raise AuthError(
+                "unknown_token",
+                f"token {ref} is not known to this gateway's store; "
+                f"issue a new one with: pathwarden token issue {claims.identity}",
+            )
+        if record.revoked_at is not None:
+            why = f" ({record.revoked_reason})" if record.revoked_reason else ""
+            raise AuthError(
+                "revoked",
+                f"token {ref} was revoked at {_iso(record.revoked_at)}{why}",
+            )
+        return identity
 
     async def issue_token(
         self,
@@ -182,6 +221,17 @@ class Authenticator:
             )
         )
         return issued
+
+
+def _identity(claims: TokenClaims, settings: IdentityConfig) -> Identity:
+    return Identity(
+        name=claims.identity,
+        groups=tuple(settings.groups),
+        labels=dict(settings.labels),
+        claims=claims.claims,
+        token_ref=claims.token_ref,
+        expires_at=claims.expires_at,
+    )
 
 
 def _allowed_names(config: GatewayConfig, identity: IdentityConfig) -> str:

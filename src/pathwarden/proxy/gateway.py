@@ -2,9 +2,18 @@
 
 :class:`Gateway` owns everything that outlives one session: the upstream
 targets built from the configuration, the hook pipeline, the audit writer, the
-table of live sessions and the cancel keys handed to clients. :func:`serve`
-runs it until SIGINT/SIGTERM, then ends every session with a FATAL
-``admin_shutdown`` error, flushes the audit trail and exits.
+table of live sessions and the cancel keys handed to clients, the OIDC
+exchange and the HTTP API (:mod:`pathwarden.api`). :func:`serve` runs it until
+SIGINT/SIGTERM, then ends every session with a FATAL ``admin_shutdown`` error,
+flushes the audit trail and exits.
+
+A session lives no longer than its token: every ``tokens.revocation_check``
+one store query finds which live sessions' tokens were revoked (by any
+replica or the CLI), and a timer per session ends it ``tokens.session_grace``
+after its token expires. Either way the client gets a FATAL 28000 error that
+names the token, and the session record's end reason says which. A store
+failure during the check is logged and retried on the next tick; sessions are
+not cut because the store could not be asked.
 """
 
 from __future__ import annotations
@@ -14,25 +23,37 @@ import itertools
 import logging
 import secrets
 import signal
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..audit.writer import AuditWriter
-from ..config import ConfigError, GatewayConfig, PostgresConnection, load_config
+from ..config import (
+    ConfigError,
+    GatewayConfig,
+    PostgresConnection,
+    format_duration,
+    load_config,
+)
 from ..config.schema import policy_masking
 from ..identity import Authenticator, AuthError, TokenAuthority
+from ..identity.oidc import OidcExchange
 from ..identity.ratelimit import FailureLimiter
 from ..masking import MaskEngine, engine_for
 from ..masking.settings import MaskingError, mask_options
 from ..model import ConnectionRef, Identity
 from ..policy import ACTION_CLASSES, PolicyConfig, PolicyEngine
 from ..policy.sql import DEFAULT_SIDE_EFFECT_FUNCTIONS, PostgresClassifier
-from ..store import Store, open_store, store_url_for
+from ..store import Store, StoreError, TokenRecord, open_store, store_url_for
 from .pg_listener import PostgresListener
 from .pg_session import PgSession
 from .pg_upstream import UpstreamTarget
 from .pipeline import Pipeline
 from .tls import ensure_self_signed, server_context, upstream_context
+
+if TYPE_CHECKING:
+    from ..api import ApiServer
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +103,12 @@ class Gateway:
         self.sessions: set[PgSession] = set()
         self._cancel_keys: dict[tuple[int, bytes], PgSession] = {}
         self._keys_of: dict[PgSession, tuple[int, bytes]] = {}
+        # None: no `trust:` configured, the API's exchange answers 404.
+        self.oidc: OidcExchange | None = OidcExchange(config.trust) if config.trust else None
+        self._retired_oidc: list[OidcExchange] = []
+        self.api: ApiServer | None = None
+        self._token_task: asyncio.Task[None] | None = None
+        self._expiry: dict[PgSession, asyncio.TimerHandle] = {}
 
     async def start(self) -> None:
         self.audit.start()
@@ -98,6 +125,23 @@ class Gateway:
             listener = PostgresListener(self, lc, ctx)
             await listener.start()
             self.listeners.append(listener)
+        if self.config.api.enabled:
+            await self._start_api()
+        self._token_task = asyncio.get_running_loop().create_task(self._watch_tokens())
+
+    async def _start_api(self) -> None:
+        from ..api import ApiServer, create_app
+
+        settings = self.config.api
+        if settings.tls is not None:
+            ctx = server_context(settings.tls.cert_file, settings.tls.key_file)
+        else:
+            cert, key = ensure_self_signed(self.config.data_dir)
+            ctx = server_context(cert, key)
+        ctx.set_alpn_protocols(["http/1.1"])
+        api = ApiServer(create_app(self), settings, ctx)
+        await api.start()
+        self.api = api
 
     # -- configuration reload ------------------------------------------------------
 
@@ -128,10 +172,18 @@ class Gateway:
         if [lc.model_dump() for lc in new.listeners] != [
                 lc.model_dump() for lc in self.config.listeners] or new.store != self.config.store:
             log.warning("listener and store changes take effect only after a restart")
+        if new.api != self.config.api:
+            log.warning("api changes take effect only after a restart")
+        old = self.config
         self.config = new
         self.targets = targets
         self._masking = {}
         self.authenticator = Authenticator(new, self.authority, self.store)
+        if new.trust != old.trust:
+            self._replace_oidc(OidcExchange(new.trust) if new.trust else None)
+        if new.tokens.session_grace != old.tokens.session_grace:
+            for session in list(self.sessions):
+                self._schedule_expiry(session)
         self.pipeline.classifier = classifier
         self.pipeline.authorizer = authorizer  # reference swaps: each operation sees one rule set
         log.info("configuration reloaded from %s: %d connection(s), %d identities",
@@ -168,11 +220,135 @@ class Gateway:
         if self._watch_task is not None:
             self._watch_task.cancel()
             self._watch_task = None
+        if self.api is not None:
+            await self.api.stop()
+            self.api = None
+        if self._token_task is not None:
+            self._token_task.cancel()
+            self._token_task = None
         for listener in self.listeners:
             await listener.stop()
         for session in list(self.sessions):
             session.shutdown("pathwarden: the gateway is shutting down; reconnect to continue")
+        for timer in self._expiry.values():
+            timer.cancel()
+        self._expiry.clear()
+        await self._close_oidc()
         await self.audit.close()
+
+    def _replace_oidc(self, exchange: OidcExchange | None) -> None:
+        old, self.oidc = self.oidc, exchange
+        if old is not None:
+            # Exchanges in flight still use it: close its key cache's HTTP client later.
+            self._retired_oidc.append(old)
+            asyncio.get_running_loop().call_later(_RETIRE_AFTER, self._close_retired, old)
+
+    def _close_retired(self, exchange: OidcExchange) -> None:
+        if exchange in self._retired_oidc:
+            self._retired_oidc.remove(exchange)
+            task = asyncio.get_running_loop().create_task(exchange.aclose())
+            task.add_done_callback(_log_failure)
+
+    async def _close_oidc(self) -> None:
+        exchanges = [*self._retired_oidc, *([self.oidc] if self.oidc is not None else [])]
+        self._retired_oidc.clear()
+        self.oidc = None
+        for exchange in exchanges:
+            try:
+                await exchange.aclose()
+            except Exception as exc:
+                log.warning("closing the OIDC key cache failed: %s", exc)
+
+    # -- sessions end with their tokens ------------------------------------------------
+
+    async def _watch_tokens(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.tokens.revocation_check.total_seconds())
+            try:
+                await self.check_tokens()
+            except StoreError as exc:
+                log.warning("token revocation check failed; sessions keep running, retrying "
+                            "in %s: %s", format_duration(self.config.tokens.revocation_check),
+                            exc)
+            except Exception:
+                log.exception("token revocation check failed")
+
+    async def check_tokens(self) -> int:
+        """End live sessions whose token is revoked (one store query) or long expired.
+
+        Returns how many were ended; raises :class:`StoreError` when the store
+        cannot be asked (the sessions then keep running).
+        """
+        ended = 0
+        now = datetime.now(UTC)
+        for session in list(self.sessions):
+            if self._expired(session, now):
+                ended += self._end_expired(session)
+        by_ref: dict[str, list[PgSession]] = {}
+        for session in self.sessions:
+            if session.identity.token_ref is not None:
+                by_ref.setdefault(session.identity.token_ref, []).append(session)
+        if not by_ref:
+            return ended
+        revoked = await self.store.revoked_among(by_ref)
+        for ref, record in revoked.items():
+            ended += self.end_revoked(record, by_ref.get(ref, ()))
+        return ended
+
+    def end_revoked(self, record: TokenRecord, sessions: Iterable[PgSession] | None = None) -> int:
+        """End the live sessions of a revoked token at once; returns how many."""
+        ref = record.token_ref
+        targets = [s for s in (self.sessions if sessions is None else sessions)
+                   if s.identity.token_ref == ref and s in self.sessions]
+        when = f" at {_iso(record.revoked_at)}" if record.revoked_at is not None else ""
+        why = f" ({record.revoked_reason})" if record.revoked_reason else ""
+        for session in targets:
+            log.info("session %s: token %s of %s was revoked; ending the session",
+                     session.record.id, ref, session.identity.name)
+            _cut(session, f"pathwarden: token {ref} was revoked{when}{why}; session ended",
+                 "token revoked")
+        return len(targets)
+
+    def _deadline(self, session: PgSession) -> datetime | None:
+        expires = session.identity.expires_at
+        return None if expires is None else expires + self.config.tokens.session_grace
+
+    def _expired(self, session: PgSession, now: datetime) -> bool:
+        deadline = self._deadline(session)
+        return deadline is not None and now >= deadline
+
+    def _schedule_expiry(self, session: PgSession) -> None:
+        old = self._expiry.pop(session, None)
+        if old is not None:
+            old.cancel()
+        deadline = self._deadline(session)
+        if deadline is None:
+            return
+        delay = max(0.0, (deadline - datetime.now(UTC)).total_seconds())
+        self._expiry[session] = asyncio.get_running_loop().call_later(
+            delay, self._on_expiry, session)
+
+    def _on_expiry(self, session: PgSession) -> None:
+        self._expiry.pop(session, None)
+        if session not in self.sessions:
+            return
+        if not self._expired(session, datetime.now(UTC)):
+            self._schedule_expiry(session)  # the wall clock moved back: wait for it
+            return
+        self._end_expired(session)
+
+    def _end_expired(self, session: PgSession) -> int:
+        if session not in self.sessions:
+            return 0
+        who = session.identity
+        grace = self.config.tokens.session_grace
+        after = f" (plus the {format_duration(grace)} session grace)" if grace else ""
+        expires = _iso(who.expires_at) if who.expires_at is not None else "?"
+        log.info("session %s: token %s of %s expired at %s%s; ending the session",
+                 session.record.id, who.token_ref, who.name, expires, after)
+        _cut(session, f"pathwarden: token {who.token_ref} expired at {expires}{after}; "
+                      f"session ended; reconnect with a new token", "token expired")
+        return 1
 
     # -- hooks used by listeners and sessions --------------------------------------
 
@@ -208,9 +384,13 @@ class Gateway:
         self.sessions.add(session)
         self._cancel_keys[key] = session
         self._keys_of[session] = key
+        self._schedule_expiry(session)
 
     def session_ended(self, session: PgSession) -> None:
         self.sessions.discard(session)
+        timer = self._expiry.pop(session, None)
+        if timer is not None:
+            timer.cancel()
         key = self._keys_of.pop(session, None)
         if key is not None:
             self._cancel_keys.pop(key, None)
@@ -229,6 +409,23 @@ class Gateway:
 
 
 _versions = itertools.count(1)
+# How long a replaced OIDC exchange stays open for the requests that still use it.
+_RETIRE_AFTER = 60.0
+
+
+def _cut(session: PgSession, message: str, reason: str) -> None:
+    """End a session for its token: a FATAL error the client can read, then close."""
+    session._fatal("28000", message)
+    session.end(reason)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("closing the previous OIDC key cache failed: %s", task.exception())
 
 
 def injected_credentials(config: GatewayConfig) -> list[str]:

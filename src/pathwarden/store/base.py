@@ -12,7 +12,7 @@ records are the shared :mod:`pathwarden.model` values; tokens have their own
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
@@ -86,6 +86,9 @@ class Store(Protocol):
         self, identity: str | None = None, include_expired: bool = False
     ) -> list[TokenRecord]:
         """Tokens newest first, optionally for one identity; revoked ones included."""
+
+    async def revoked_among(self, token_refs: Collection[str]) -> dict[str, TokenRecord]:
+        """The revoked tokens among ``token_refs``, by ref (one query for the whole set)."""
 
     async def revoke_token(self, ref_prefix: str, reason: str | None) -> TokenRecord:
         """Revoke the token whose ref starts with ``ref_prefix`` (>= 6 chars).

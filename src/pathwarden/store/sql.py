@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -72,6 +72,8 @@ _MIGRATION_LOCK_KEY = 0x7061_7468_7764  # "pathwd"
 _BEGIN_OPTION = "pathwarden_sqlite_begin"
 _CONNECT_TIMEOUT_S = 10
 _AMBIGUITY_SHOWN = 5
+# SQLite (since 3.32) and asyncpg both take over 30,000 bound parameters.
+_MAX_IN_LIST = 10_000
 _WAL_RETRY_S = 10.0
 
 
@@ -270,6 +272,26 @@ class SqlStore:
             async with self._engine.connect() as conn:
                 rows = (await conn.execute(query)).all()
         return [token_record(row) for row in rows]
+
+    async def revoked_among(self, token_refs: Collection[str]) -> dict[str, TokenRecord]:
+        refs = sorted(set(token_refs))
+        found: dict[str, TokenRecord] = {}
+        with self._errors("looking up revoked tokens"):
+            async with self._engine.connect() as conn:
+                # Chunked only past what both drivers take as bound parameters.
+                for start in range(0, len(refs), _MAX_IN_LIST):
+                    rows = (
+                        await conn.execute(
+                            select(tokens).where(
+                                tokens.c.token_ref.in_(refs[start : start + _MAX_IN_LIST]),
+                                tokens.c.revoked_at.is_not(None),
+                            )
+                        )
+                    ).all()
+                    for row in rows:
+                        record = token_record(row)
+                        found[record.token_ref] = record
+        return found
 
     async def revoke_token(self, ref_prefix: str, reason: str | None) -> TokenRecord:
         prefix = ref_prefix.strip().lower()
