@@ -85,7 +85,7 @@ def test_cli_revocation_cuts_the_open_session_within_seconds(gw: GatewayHarness)
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stderr
         wait_until(lambda: not _live(gw, ref), timeout=5, what="the revocation check")
-        assert time.monotonic() - started < 5
+        assert time.monotonic() - started < 8  # the CLI's own start-up included
         message = _fails(conn)
         assert f"token {ref} was revoked at" in message
         assert "(leaked); session ended" in message
