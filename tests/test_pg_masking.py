@@ -27,7 +27,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from psycopg import errors, sql
 
 from gateway_harness import GatewayHarness, standard_config, write_config
+from pathwarden.protocols.postgres import messages as m
 from pgserver import PgServer, free_port
+from rawpg import Frame, Raw
 
 SCHEMA = f"mask_{uuid.uuid4().hex[:8]}"
 _rng = random.Random(20261126)
@@ -306,3 +308,114 @@ def test_sessions_show_reports_what_was_masked(mask_gw: GatewayHarness) -> None:
     assert "masked: config:aws-access-key x1" in proc.stdout
     assert "password:column" in proc.stdout
     _assert_clean(proc.stdout, "sessions show")
+
+
+# -- the extended protocol: which columns a row has, whatever the client described ----
+
+
+def _values(frames: list[Frame]) -> list[list[bytes | None]]:
+    return [m.DataRow.decode(p).values() for t, p in frames if t == b"D"]
+
+
+def _raw(gw: GatewayHarness) -> Raw:
+    return Raw(gw, "secrets-db")
+
+
+def test_column_rule_holds_when_the_portal_is_described_only_once(
+        mask_gw: GatewayHarness) -> None:
+    # The pgjdbc pattern: Describe on the first execution of a named statement only.
+    r = _raw(mask_gw)
+    try:
+        q = f"select id, password from {SCHEMA}.creds where id = 1"
+        r.send(m.Parse(name="S1", query=q), m.Bind(portal="", statement="S1"),
+               m.Describe(kind="P", name=""), m.Execute(portal=""), m.Sync())
+        first = _values(r.until_ready())
+        r.send(m.Bind(portal="", statement="S1"), m.Execute(portal=""), m.Sync())
+        frames = r.until_ready()
+    finally:
+        r.close()
+    assert first[0][1] == b"[MASKED:column]"
+    assert _values(frames)[0][1] == b"[MASKED:column]"
+    # The gateway's own Describe is not shown to the client.
+    assert [t for t, _ in frames] == [b"2", b"D", b"C", b"Z"]
+
+
+def test_column_rule_holds_without_any_describe(mask_gw: GatewayHarness) -> None:
+    r = _raw(mask_gw)
+    try:
+        r.send(m.Parse(name="", query=f"select password from {SCHEMA}.creds where id = 1"),
+               m.Bind(portal="", statement=""), m.Execute(portal=""), m.Sync())
+        frames = r.until_ready()
+    finally:
+        r.close()
+    assert _values(frames) == [[b"[MASKED:column]"]]
+    assert [t for t, _ in frames] == [b"1", b"2", b"D", b"C", b"Z"]
+
+
+def test_description_goes_to_the_statement_it_was_asked_for(mask_gw: GatewayHarness) -> None:
+    # Describe S of one statement, then the same name re-parsed, bound with binary results.
+    r = _raw(mask_gw)
+    try:
+        r.send(m.Parse(name="", query="select 1::int4 as a"), m.Describe(kind="S", name=""),
+               m.Parse(name="", query=f"select config from {SCHEMA}.creds where id = 1"),
+               m.Bind(portal="", statement="", result_formats=(1,)), m.Execute(portal=""),
+               m.Sync())
+        text = repr(_values(r.until_ready()))
+        r.send(m.Parse(name="Sint", query="select 1::int4 as a"),
+               m.Parse(name="Stxt", query=f"select config from {SCHEMA}.creds where id = 1"),
+               m.Bind(portal="", statement="Sint", result_formats=(1,)),
+               m.Describe(kind="P", name=""),
+               m.Bind(portal="", statement="Stxt", result_formats=(1,)),
+               m.Execute(portal=""), m.Sync())
+        text += repr(_values(r.until_ready()))
+    finally:
+        r.close()
+    _assert_clean(text, "a binary text column")
+    assert text.count("[MASKED:aws-access-key]") == 2
+
+
+def test_sql_cursor_run_with_execute_is_masked(mask_gw: GatewayHarness) -> None:
+    r = _raw(mask_gw)
+    try:
+        r.send(m.Query(text=f"begin; declare c cursor for select id, password from {SCHEMA}.creds "
+                            "order by id"))
+        r.until_ready()
+        r.send(m.Execute(portal="c"), m.Sync())
+        values = _values(r.until_ready())
+        r.send(m.Query(text="commit"))
+        r.until_ready()
+    finally:
+        r.close()
+    assert values[0] == [b"1", b"[MASKED:column]"]
+
+
+def test_psycopg_pipeline_mode_keeps_each_result_with_its_columns(
+        mask_gw: GatewayHarness) -> None:
+    with psycopg.connect(mask_gw.dsn("secrets-db"), autocommit=True) as conn:
+        with conn.pipeline():
+            c1 = conn.execute(f"select password from {SCHEMA}.creds where id = 1")
+            c2 = conn.execute("select 1")
+            c3 = conn.execute(f"select config from {SCHEMA}.creds where id = 1", binary=True)
+        assert c1.fetchone() == ("[MASKED:column]",)
+        assert c2.fetchone() == (1,)
+        row = c3.fetchone()
+        assert row is not None
+        _assert_clean(str(row), "a pipelined binary result")
+
+
+def test_notify_payloads_parameter_status_and_column_names_are_masked(
+        mask_gw: GatewayHarness) -> None:
+    with psycopg.connect(mask_gw.dsn("secrets-db"), autocommit=True) as conn:
+        conn.execute("listen chan")
+        conn.execute(f"select pg_notify('chan', config) from {SCHEMA}.creds where id = 1")
+        note = next(conn.notifies(timeout=5, stop_after=1))
+        # set_config() makes the server echo the value in a ParameterStatus (detectors
+        # apply there; column rules cannot: the value no longer has a column).
+        conn.execute(f"select set_config('application_name', config, false) "
+                     f"from {SCHEMA}.creds where id = 1")
+        status = conn.info.parameter_status("application_name") or ""
+        cur = conn.execute(f'select 1 as "{AWS_KEY_ID}"')
+        names = [d.name for d in cur.description or ()]
+    _assert_clean(note.payload + status + " ".join(names), "notify/parameter/column name")
+    assert "[MASKED:aws-access-key]" in note.payload
+    assert "[MASKED:aws-access-key]" in status

@@ -343,9 +343,11 @@ class PostgresListener:
             unrecognized = tuple(k for k in startup.params if k.startswith("_pq_."))
             out.append(front.send(m.NegotiateProtocolVersion(newest_minor=0,
                                                              unrecognized=unrecognized)))
-        for name, value in upstream.parameters.items():
-            out.append(front.send(m.ParameterStatus(name=name, value=value)))
         masker = PgMasker(engine) if engine is not None else None
+        for name, value in upstream.parameters.items():
+            ps = m.ParameterStatus(name=name, value=value)
+            masked = masker.text_fields(b"S", ps.payload(), {}) if masker is not None else None
+            out.append(masked if masked is not None else front.send(ps))
         for notice in upstream.notices:
             if masker is not None:
                 masked = masker.fields_message(b"N", notice.payload(), {})

@@ -35,12 +35,12 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..masking import MaskEngine, StreamMasker
 from ..protocols.postgres import messages as m
 
-__all__ = ["ColumnPlan", "MaskFailure", "PgMasker", "plan_for"]
+__all__ = ["UNKNOWN_BINARY", "ColumnPlan", "MaskFailure", "PgMasker", "plan_for"]
 
 _I32 = struct.Struct("!i")
 _U16 = struct.Struct("!H")
@@ -85,6 +85,12 @@ class ColumnPlan:
 
 
 Plan = tuple[ColumnPlan, ...]
+
+_UNKNOWN_REFUSE = ColumnPlan("?", _REFUSE, False)
+
+#: The plan of a result whose columns are unknown and may be binary: every
+#: column refuses (a confirmed secret ends the session rather than corrupt a value).
+UNKNOWN_BINARY: Plan = (_UNKNOWN_REFUSE,)
 
 
 def plan_for(engine: MaskEngine, desc: m.RowDescription,
@@ -182,6 +188,7 @@ class PgMasker:
         engine = self.engine
         unpack = _I32.unpack_from
         nplan = len(plan) if plan is not None else 0
+        unknown = _UNKNOWN_REFUSE if plan is UNKNOWN_BINARY else None
         for index in range(ncols):
             (ln,) = unpack(data, pos)
             start = pos + 4
@@ -189,7 +196,7 @@ class PgMasker:
                 pos = start
                 continue
             pos = start + ln
-            col = plan[index] if plan is not None and index < nplan else None
+            col = plan[index] if plan is not None and index < nplan else unknown
             if col is not None and col.sensitive and col.mode != _SKIP:
                 result = engine.mask_value(data[start:pos], col.name)
             elif hit and (col is None or col.mode != _SKIP):
@@ -214,6 +221,41 @@ class PgMasker:
         parts.append(data[last:])
         body = b"".join(parts)
         return _HEADER.pack(b"D", len(body) + 4) + body
+
+    # -- other messages -------------------------------------------------------------------
+
+    def row_description(self, desc: m.RowDescription, counts: dict[str, int]) -> bytes | None:
+        """A RowDescription with masked column names (``select 1 as "<secret>"``), or None."""
+        fields = []
+        changed = False
+        for f in desc.fields:
+            name, found = self.engine.mask_text(f.name)
+            if found:
+                changed = True
+                _add(counts, "column-name", found)
+                f = replace(f, name=name)
+            fields.append(f)
+        return m.RowDescription(fields=tuple(fields)).encode() if changed else None
+
+    def text_fields(self, kind: bytes, payload: bytes | memoryview,
+                    counts: dict[str, int]) -> bytes | None:
+        """A masked NotificationResponse or ParameterStatus frame, or None."""
+        if kind == b"A":
+            note = m.NotificationResponse.decode(bytes(payload))
+            channel, found_c = self.engine.mask_text(note.channel)
+            text, found_t = self.engine.mask_text(note.payload_text)
+            if not found_c and not found_t:
+                return None
+            _add(counts, "notify", found_c)
+            _add(counts, "notify", found_t)
+            return m.NotificationResponse(process_id=note.process_id, channel=channel,
+                                          payload_text=text).encode()
+        ps = m.ParameterStatus.decode(bytes(payload))
+        value, found = self.engine.mask_text(ps.value)
+        if not found:
+            return None
+        _add(counts, "parameter", found)
+        return m.ParameterStatus(name=ps.name, value=value).encode()
 
     # -- notices and errors -----------------------------------------------------------
 

@@ -45,7 +45,7 @@ from ..protocols.postgres.connection import NEED_DATA, ClientConnection, ServerC
 from ..protocols.postgres.errors import ProtocolError
 from ..protocols.postgres.tracker import ResponseTracker, Tracked, Unit
 from ..protocols.postgres.values import render_binary
-from .pg_masking import MaskFailure, PgMasker, plan_for
+from .pg_masking import UNKNOWN_BINARY, MaskFailure, PgMasker, plan_for
 from .pg_sql_state import LEXING_PARAMETERS, SqlState
 from .pg_upstream import UpstreamTarget, send_cancel
 from .pipeline import Pipeline
@@ -67,6 +67,8 @@ _PARAMETER_STATUS = ord(m.ParameterStatus.TYPE)
 _PARAMETER_DESCRIPTION = ord(m.ParameterDescription.TYPE)
 _READY = ord(m.ReadyForQuery.TYPE)
 _NOTICE = ord(m.NoticeResponse.TYPE)
+_NOTIFICATION = ord(m.NotificationResponse.TYPE)
+_NO_DATA = ord(m.NoData.TYPE)
 _ROW_DESCRIPTION = ord(m.RowDescription.TYPE)
 _COPY_OUT = ord(m.CopyOutResponse.TYPE)
 _COPY_DATA = ord(m.CopyData.TYPE)
@@ -85,6 +87,7 @@ class _Prepared:
     search_path: tuple[str, ...] | None = None
     # Its result columns, from the server's answer to a Describe of it (masking).
     description: m.RowDescription | None = None
+    describing: bool = False  # a Describe of it is on its way to the server
 
 
 @dataclass(slots=True, eq=False)
@@ -97,6 +100,7 @@ class _Portal:
     result_formats: tuple[int, ...] = ()
     # Its result columns, from the server's answer to a Describe of it (masking).
     description: m.RowDescription | None = None
+    describing: bool = False  # a Describe of it is on its way to the server
 
 
 def _quote_ident(name: str) -> str:
@@ -264,10 +268,21 @@ class PgSession:
         elif cls is m.Describe:
             out.append(ev.raw)
             assert isinstance(ev, m.Describe)
+            # What the answer describes is what the name means *now*, in message
+            # order (a later pipelined Parse or Bind may reuse the name): capture it.
             # A statement's ParameterDescription tells the types of its binary
-            # parameters (asyncpg Parses without types): keep it for the audit.
+            # parameters (asyncpg Parses without types), kept for the audit; the
+            # RowDescription names the result columns, for masking.
+            target: _Prepared | _Portal | None
+            if ev.kind == "S":
+                target = self._statements.get(ev.name)
+            else:
+                target = self._pending_binds.get(ev.name) or self._portals.get(ev.name)
+            if target is not None:
+                target.describing = True
             self.tracker.expect(Unit.DESCRIBE, Tracked(
-                0, "describe" if ev.kind == "S" else "describe_portal", ev.name))
+                0, "describe" if ev.kind == "S" else "describe_portal", ev.name,
+                extra={"target": target}))
         elif cls is m.Close:
             self._close(ev, out)  # type: ignore[arg-type]
         elif cls is m.FunctionCall:
@@ -409,6 +424,7 @@ class PgSession:
                           context=(time.monotonic(), datetime.now(UTC), op, decision),
                           columns=portal)
         if decision.verdict is Verdict.ALLOW:
+            self._describe_for_masking(ev, portal, tracked, out)
             out.append(ev.raw)
             self._ran(op, prepared.text, tracked)
         else:
@@ -440,6 +456,7 @@ class PgSession:
                               context=(time.monotonic(), datetime.now(UTC), op, decision),
                               columns=portal)
             if decision.verdict is Verdict.ALLOW:
+                self._describe_for_masking(ev, portal, tracked, out)
                 out.append(ev.raw)
             else:
                 tracked.denial = self._denial(op, decision)
@@ -459,8 +476,33 @@ class PgSession:
         tracked = Tracked(self._seq, "execute", text, params,
                           context=(time.monotonic(), datetime.now(UTC), op,
                                    Decision(Verdict.ALLOW, reason)), columns=portal)
+        self._describe_for_masking(ev, portal, tracked, out)
         out.append(ev.raw)
         self.tracker.expect(Unit.EXECUTE, tracked)
+
+    def _describe_for_masking(self, ev: m.Execute, portal: _Portal | None, tracked: Tracked,
+                              out: list[bytes]) -> None:
+        """Make sure the columns of what ``ev`` runs are known before its rows arrive.
+
+        Column rules and binary formats need the result's RowDescription. When
+        no Describe of the portal or its statement was sent (a driver that
+        cached the description, a SQL cursor run with Execute), the gateway
+        sends its own Describe of the portal ahead of the Execute and keeps
+        the answer from the client.
+        """
+        if self.masker is None:
+            return
+        if portal is not None and (portal.description is not None or portal.describing):
+            return
+        prepared = portal.prepared if portal is not None else None
+        if prepared is not None and (prepared.description is not None or prepared.describing):
+            return
+        target = portal if portal is not None else _Portal("", None, ())
+        target.describing = True
+        tracked.columns = target
+        out.append(m.Describe(kind="P", name=ev.portal).encode())
+        self.tracker.expect(Unit.DESCRIBE, Tracked(0, "describe_injected", ev.portal,
+                                                   extra={"target": target}))
 
     def _redecide(self, op: Operation, ctx: SqlContext,
                   policy: str | None) -> tuple[Operation, Decision]:
@@ -538,8 +580,9 @@ class PgSession:
                 continue
             e = starts[i + 1] if i < last else len(chunk)
             body = view[s + 5 : e]
-            if masker is not None and t != _READY and t != _PARAMETER_STATUS:
-                replacement = self._mask_frame(masker, t, body, tracker.head())
+            if masker is not None and t != _READY:
+                replacement = self._mask_frame(masker, t, body, tracker.head(),
+                                               masker.hit(s, e))
                 if replacement is not None:
                     edits = edits or []
                     edits.append((s, e, replacement))
@@ -557,8 +600,8 @@ class PgSession:
                     self.sql.lexing_reported(ps.name, ps.value)
             elif t == _PARAMETER_DESCRIPTION:
                 head = tracker.head()
-                if head is not None and head.kind == "describe":
-                    prepared = self._statements.get(head.text)
+                if head is not None and head.kind == "describe" and head.extra is not None:
+                    prepared = head.extra["target"]
                     if prepared is not None:
                         desc = m.ParameterDescription.decode(bytes(view[s + 5 : e]))
                         prepared.param_types = desc.type_oids
@@ -599,31 +642,27 @@ class PgSession:
             plan = plan_for(masker.engine, portal.description)
         elif portal.prepared is not None and portal.prepared.description is not None:
             plan = plan_for(masker.engine, portal.prepared.description, portal.result_formats)
+        elif any(portal.result_formats):
+            # Columns unknown and some may be binary: a secret in one cannot be
+            # rewritten safely, so it ends the session (fail closed).
+            return UNKNOWN_BINARY, False
         else:
             return None
         return plan, any(col.sensitive for col in plan)
 
     def _mask_frame(self, masker: PgMasker, t: int, body: memoryview,
-                    head: Tracked | None) -> bytes | None:
-        """The masked form of a non-DataRow frame, or None to forward it as it is."""
+                    head: Tracked | None, hit: bool) -> bytes | None:
+        """The masked form of a non-DataRow frame (b"" drops it), or None to forward it."""
         counts: dict[str, int] = {}
         out: bytes | None = None
         if t == _ROW_DESCRIPTION:
             if head is not None:
-                desc = m.RowDescription.decode(bytes(body))
-                if head.kind == "describe":
-                    prepared = self._statements.get(head.text)
-                    if prepared is not None:
-                        prepared.description = desc
-                elif head.kind == "describe_portal":
-                    portal = self._pending_binds.get(head.text) or self._portals.get(head.text)
-                    if portal is not None:
-                        portal.description = desc
-                else:
-                    plan = plan_for(masker.engine, desc)
-                    head.columns = (plan, any(col.sensitive for col in plan))
-            return None
-        if t == _COPY_DATA and masker.copying:
+                out = self._row_description(masker, head, m.RowDescription.decode(bytes(body)),
+                                            hit, counts)
+        elif t == _NO_DATA:
+            if head is not None and head.kind == "describe_injected":
+                out = b""  # the answer to the gateway's own Describe
+        elif t == _COPY_DATA and masker.copying:
             out = masker.copy_data(body)
         elif t == _COPY_OUT:
             masker.copy_out(body)
@@ -637,9 +676,29 @@ class PgSession:
                 out = prefix + out
         elif t == _COPY_DONE and masker.copying:
             out = masker.copy_end(counts) + b"c\x00\x00\x00\x04"
+        elif hit and t in (_NOTIFICATION, _PARAMETER_STATUS):
+            # set_config() and NOTIFY echo values back: a way around row masking.
+            out = masker.text_fields(bytes((t,)), body, counts)
         if counts and head is not None:
             self._count(head, counts)
         return out
+
+    def _row_description(self, masker: PgMasker, head: Tracked, desc: m.RowDescription,
+                         hit: bool, counts: dict[str, int]) -> bytes | None:
+        if head.kind in ("describe", "describe_portal", "describe_injected"):
+            target = head.extra.get("target") if head.extra is not None else None
+            if isinstance(target, _Portal | _Prepared):
+                target.description = desc
+                target.describing = False
+                if isinstance(target, _Portal) and target.prepared is not None:
+                    # Later Binds of the statement re-apply their own result formats.
+                    target.prepared.description = desc
+            if head.kind == "describe_injected":
+                return b""
+        else:
+            plan = plan_for(masker.engine, desc)
+            head.columns = (plan, any(col.sensitive for col in plan))
+        return masker.row_description(desc, counts) if hit else None
 
     @staticmethod
     def _count(head: Tracked, counts: dict[str, int]) -> None:
@@ -675,7 +734,7 @@ class PgSession:
             self.client.write(data)
 
     def _completed(self, t: Tracked) -> None:
-        if t.kind == "describe" or t.kind == "describe_portal":
+        if t.kind in ("describe", "describe_portal", "describe_injected"):
             return
         if t.kind == "bind":
             assert t.extra is not None
