@@ -42,6 +42,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayHarness]:
                                     "user": "postgres", "sslmode": "disable",
                                     "connect_timeout": "2s"}},
         "identities": {"ci-test": {}},
+        "api": {"enabled": False},
     }
     harness = GatewayHarness(write_config(base / "pathwarden.yaml", config))
     try:

@@ -46,7 +46,7 @@ DEMO_QUERY = "select service, version, settings from deployments order by id"
 DEMO_DENIED = "delete from deployments"
 
 
-def _config_text(socket_dir: Path, port: int, gw_port: int) -> str:
+def _config_text(socket_dir: Path, port: int, gw_port: int, api_port: int) -> str:
     return f"""\
 # Written by `pathwarden demo`. A commented reference lives in examples/pathwarden.yaml.
 data_dir: gateway
@@ -55,6 +55,8 @@ listeners:
     protocol: postgres
     bind: 127.0.0.1:{gw_port}
     allow_plaintext_loopback: true   # lets the demo use sslmode=disable on loopback
+api:                               # the HTTP API (token exchange for CI, admin)
+  bind: 127.0.0.1:{api_port}
 connections:
   demo-db:
     host: {socket_dir}               # the embedded server's Unix socket directory
@@ -179,7 +181,7 @@ def run_demo(workdir: Path, *, keep_running: bool = False) -> int:
     _prepare_database(socket_dir, pg_port, pw_file.read_text().strip(), workdir / "pg")
     config_path = workdir / "pathwarden.yaml"
     gw_port = _free_port()
-    config_path.write_text(_config_text(socket_dir, pg_port, gw_port))
+    config_path.write_text(_config_text(socket_dir, pg_port, gw_port, _free_port()))
     config = load_config(config_path)
     console.print(f"2. starting the gateway: pathwarden serve --config {config_path}")
     bg = _Background()
