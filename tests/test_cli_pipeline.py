@@ -11,13 +11,17 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from gateway_harness import GatewayHarness, poll
-from pgserver import PgServer
+from gateway_harness import GatewayHarness, api_settings, poll, standard_config, write_config
+from oidc_issuer import OidcIssuer, running_issuer
+from pathwarden.cli.pipeline_cmd import unverified_payload
+from pgserver import PgServer, free_port
 
 PATHWARDEN = [sys.executable, "-m", "pathwarden.cli.main"]
 
@@ -155,8 +159,6 @@ def test_exec_exits_4_with_something_that_is_not_a_token(gateway: GatewayHarness
 
 
 def test_exec_exits_4_when_the_gateway_is_unreachable(gateway: GatewayHarness) -> None:
-    from pgserver import free_port
-
     proc = run("exec", "test-db", "--address", f"127.0.0.1:{free_port()}", "--", "select 1",
                env={"PATHWARDEN_TOKEN": gateway.token("ci-test")})
     assert proc.returncode == 4
@@ -342,3 +344,190 @@ def test_connect_stops_cleanly_on_sigterm_with_a_client_connected(
     assert stop(local_port) == 0
     idle.wait(10)
     assert idle.returncode != 0
+
+
+# -- login ----------------------------------------------------------------------------
+
+DEPLOY_RULE = {"when": {"repository": "acme/shop", "ref": "refs/heads/main",
+                        "environment": "production"}, "identity": "ci-deploy", "ttl": "10m"}
+TEST_RULE = {"when": {"repository": "acme/shop"}, "identity": "ci-test", "ttl": "30m"}
+
+
+@pytest.fixture(scope="module")
+def issuer() -> Iterator[OidcIssuer]:
+    with running_issuer() as source:
+        yield source
+
+
+@pytest.fixture(scope="module")
+def api_gateway(pg_server: PgServer, issuer: OidcIssuer,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayHarness]:
+    """A gateway with its HTTP API on and a GitHub-shaped trust issuer."""
+    base = tmp_path_factory.mktemp("login")
+    os.environ["PW_TEST_SCRAM"] = "scram-secret"
+    (base / "md5pw").write_text("md5-secret\n")
+    config = standard_config(pg_server, base / "data", free_port())
+    config["api"] = api_settings()
+    config["trust"] = [{"name": "github", "issuer": issuer.url, "audience": "pathwarden",
+                        "provider": "github", "rules": [DEPLOY_RULE, TEST_RULE]}]
+    harness = GatewayHarness(write_config(base / "pathwarden.yaml", config))
+    try:
+        yield harness
+    finally:
+        harness.stop()
+
+
+def login(gw: GatewayHarness, *args: str, env: dict[str, str] | None = None,
+          stdin: str | None = None, scheme: str = "http") -> subprocess.CompletedProcess[str]:
+    return run("login", "--gateway", gw.api_url(scheme), *args, env=env, stdin=stdin)
+
+
+def test_login_exchanges_an_oidc_token_from_an_env_variable(
+        api_gateway: GatewayHarness, issuer: OidcIssuer) -> None:
+    oidc = issuer.github_token(time.time(), 3600)
+    proc = login(api_gateway, "--oidc-token-env", "CI_ID_TOKEN", env={"CI_ID_TOKEN": oidc})
+    assert proc.returncode == 0, proc.stderr
+    token = proc.stdout.strip()
+    assert proc.stdout == token + "\n" and token.count(".") == 2, "stdout holds the token alone"
+    assert "logged in as ci-deploy: token " in proc.stderr
+    assert "repository=acme/shop" in proc.stderr
+    assert token not in proc.stderr and oidc not in proc.stderr + proc.stdout
+    # The token works with exec, which reads the identity from it.
+    used = pw_exec(api_gateway, "test-db", "select current_user is not null as ok",
+                   token=token, options=("--format", "csv"))
+    assert used.returncode == 0, used.stderr
+    assert used.stdout.splitlines() == ["ok", "t"]
+
+
+def test_login_requests_a_scope_and_a_ttl(api_gateway: GatewayHarness,
+                                          issuer: OidcIssuer) -> None:
+    oidc = issuer.github_token(time.time(), 3600, environment="staging")  # the ci-test rule
+    proc = login(api_gateway, "--oidc-token-env", "T", "--connection", "test-db",
+                 "--ttl", "5m", env={"T": oidc})
+    assert proc.returncode == 0, proc.stderr
+    assert "logged in as ci-test" in proc.stderr and "scope: test-db" in proc.stderr
+    exp = unverified_payload(proc.stdout.strip())["exp"]
+    assert isinstance(exp, int) and exp - time.time() <= 5 * 60 + 5
+    refused = pw_exec(api_gateway, "md5-db", "select 1", token=proc.stdout.strip())
+    assert refused.returncode == 4  # outside the token's scope
+
+
+def test_login_with_github_requests_the_id_token_for_the_audience(
+        api_gateway: GatewayHarness, issuer: OidcIssuer) -> None:
+    oidc = issuer.github_token(time.time(), 3600)
+    with github_token_endpoint(oidc, bearer="gh-request-token") as (url, requests):
+        proc = login(api_gateway, "--github", env={
+            "ACTIONS_ID_TOKEN_REQUEST_URL": url,
+            "ACTIONS_ID_TOKEN_REQUEST_TOKEN": "gh-request-token"})
+    assert proc.returncode == 0, proc.stderr
+    assert "logged in as ci-deploy" in proc.stderr
+    [(path, authorization)] = requests
+    assert "api-version=2.0" in path and "audience=pathwarden" in path
+    assert authorization == "Bearer gh-request-token"
+
+
+def test_login_with_github_outside_actions_says_what_is_missing(
+        api_gateway: GatewayHarness) -> None:
+    proc = login(api_gateway, "--github")
+    assert proc.returncode == 1
+    assert "id-token: write" in proc.stderr
+
+
+def test_login_reports_the_gateways_refusal_with_its_code(
+        api_gateway: GatewayHarness, issuer: OidcIssuer) -> None:
+    oidc = issuer.github_token(time.time(), 3600, aud="someone-else")
+    proc = login(api_gateway, "--oidc-token-env", "T", env={"T": oidc})
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("error: the gateway refused the OIDC token (audience): ")
+    assert oidc not in proc.stderr
+
+
+def test_login_checks_a_pre_issued_token_and_prints_it_back(
+        api_gateway: GatewayHarness) -> None:
+    token = api_gateway.token("ci-test", connections=("test-db",))
+    from_env = login(api_gateway, "--token-env", "PRE", env={"PRE": token})
+    assert from_env.returncode == 0, from_env.stderr
+    assert from_env.stdout == token + "\n"
+    assert "token checked: ci-test" in from_env.stderr and "connections: test-db" in from_env.stderr
+    from_stdin = login(api_gateway, "--token", "-", stdin=token + "\n")
+    assert from_stdin.returncode == 0, from_stdin.stderr
+    assert from_stdin.stdout == token + "\n"
+    outside = login(api_gateway, "--token-env", "PRE", "--connection", "md5-db",
+                    env={"PRE": token})
+    assert outside.returncode == 1 and "scoped to test-db, not md5-db" in outside.stderr
+
+
+def test_login_refuses_a_bad_pre_issued_token_with_the_gateways_reason(
+        api_gateway: GatewayHarness) -> None:
+    proc = login(api_gateway, "--token-env", "PRE", env={"PRE": "not-a-token"})
+    assert proc.returncode == 1
+    assert "error: the gateway refused the token (malformed): " in proc.stderr
+
+
+def test_login_over_https_verifies_the_gateway_with_cacert(
+        api_gateway: GatewayHarness) -> None:
+    token = api_gateway.token("ci-test")
+    cert = Path(api_gateway.config.data_dir) / "tls" / "gateway.crt"
+    verified = login(api_gateway, "--token-env", "PRE", "--cacert", str(cert),
+                     env={"PRE": token}, scheme="https")
+    assert verified.returncode == 0, verified.stderr
+    unverified = login(api_gateway, "--token-env", "PRE", env={"PRE": token}, scheme="https")
+    assert unverified.returncode == 1
+    assert "--cacert" in unverified.stderr
+
+
+def test_login_usage_errors_exit_2(api_gateway: GatewayHarness) -> None:
+    both = login(api_gateway, "--github", "--token-env", "X")
+    assert both.returncode == 2 and "choose one token source" in both.stderr
+    none = login(api_gateway)
+    assert none.returncode == 2 and "choose one token source" in none.stderr
+    literal = login(api_gateway, "--token", "a.b.c")
+    assert literal.returncode == 2 and "process list" in literal.stderr
+    plain = run("login", "--gateway", "http://gateway.example.com:15480", "--token-env", "X",
+                env={"X": "a.b.c"})
+    assert plain.returncode == 2 and "https" in plain.stderr
+    no_gateway = run("login", "--token-env", "X", env={"X": "a.b.c"})
+    assert no_gateway.returncode == 2 and "PATHWARDEN_GATEWAY" in no_gateway.stderr
+
+
+@contextmanager
+def github_token_endpoint(value: str, bearer: str,
+                          ) -> Iterator[tuple[str, list[tuple[str, str]]]]:
+    """Stands in for GitHub's ACTIONS_ID_TOKEN_REQUEST_URL: answers {"value": token}."""
+    requests: list[tuple[str, str]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            requests.append((self.path, self.headers.get("Authorization", "")))
+            ok = self.headers.get("Authorization") == f"Bearer {bearer}"
+            data = json.dumps({"value": value} if ok else {"message": "Bad token"}).encode()
+            self.send_response(200 if ok else 401)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/token?api-version=2.0", requests
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_exec_writes_copy_out_data_and_fails_copy_in_without_breaking_the_session(
+        gateway: GatewayHarness) -> None:
+    proc = pw_exec(gateway, "test-db", "copy (select g, 'x' from generate_series(1, 2) g) "
+                   "to stdout with (format csv)", "create temp table c (v int)",
+                   "copy c from stdin", "select count(*) as n from c",
+                   options=("--format", "csv", "--continue-on-error"))
+    assert proc.returncode == 1, proc.stderr
+    assert "statement 3 failed" in proc.stderr and "COPY FROM STDIN" in proc.stderr
+    assert proc.stdout.splitlines() == ["1,x", "2,x", "n", "0"]

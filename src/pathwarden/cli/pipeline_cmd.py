@@ -488,6 +488,18 @@ class _Printer:
             self.out.print(escape(command))
         sys.stdout.flush()
 
+    def copy_out(self, number: int, sql: str, data: bytes, command: str,
+                 rowcount: int) -> None:
+        if self.fmt == "json":
+            entry = {"statement": number, "sql": sql, "command": command,
+                     "rowcount": rowcount, "copy": data.decode("utf-8", "replace")}
+            sys.stdout.write(json.dumps(entry) + "\n")
+        else:
+            sys.stdout.flush()
+            sys.stdout.buffer.write(data)
+            err.print(escape(command), highlight=False)
+        sys.stdout.flush()
+
     def failure(self, number: int, sql: str, sqlstate: str, message: str,
                 denied: bool) -> None:
         if self.fmt == "json":
@@ -570,21 +582,60 @@ def exec_command(
         for number, statement in enumerate(statements, 1):
             try:
                 with conn.cursor() as cur:
+                    if _is_copy(statement):
+                        _copy(cur, number, statement, printer)
+                        continue
                     cur.execute(statement)  # no parameters: the simple query protocol
                     for columns, rows in _results(cur):
                         printer.result(number, statement, columns, rows,
                                        cur.statusmessage or "", cur.rowcount)
+            except _CopyInRefused:
+                printer.failure(number, statement, "-", _CopyInRefused.message, False)
+                status = max(status, EXIT_FAILED)
+                if not continue_on_error:
+                    break
             except psycopg.Error as exc:
-                if conn.broken or exc.sqlstate is None:
+                if conn.broken or conn.closed:
                     die(f"the connection to the gateway failed at statement {number}: "
                         f"{_first_line(exc)}", EXIT_CONNECT)
+                # No SQLSTATE: psycopg refused it client-side (COPY, for one).
+                sqlstate = exc.sqlstate or "-"
                 message = exc.diag.message_primary or _first_line(exc)
-                denied = exc.sqlstate == DENIED_SQLSTATE and message.startswith("pathwarden:")
-                printer.failure(number, statement, exc.sqlstate, message, denied)
+                denied = sqlstate == DENIED_SQLSTATE and message.startswith("pathwarden:")
+                printer.failure(number, statement, sqlstate, message, denied)
                 status = max(status, EXIT_DENIED if denied else EXIT_FAILED)
                 if not continue_on_error:
                     break
     raise typer.Exit(status)
+
+
+class _CopyInRefused(Exception):
+    message = ("COPY FROM STDIN needs a data stream pathwarden exec does not send; use "
+               "psql's \\copy, through pathwarden connect")
+
+
+def _is_copy(statement: str) -> bool:
+    from pglast.parser import ParseError, scan
+
+    try:
+        tokens = [t for t in scan(statement) if t.name not in ("SQL_COMMENT", "C_COMMENT")]
+    except ParseError:
+        return False
+    return bool(tokens) and tokens[0].name == "COPY"
+
+
+def _copy(cur: Any, number: int, statement: str, printer: _Printer) -> None:
+    """COPY ... TO STDOUT: its data as it comes; COPY FROM STDIN is failed with CopyFail."""
+    from psycopg import pq
+
+    chunks: list[bytes] = []
+    with cur.copy(statement) as copy:
+        if cur.pgresult is not None and cur.pgresult.status == pq.ExecStatus.COPY_IN:
+            raise _CopyInRefused  # psycopg sends CopyFail: the server ends the COPY
+        for data in copy:
+            chunks.append(bytes(data))
+    printer.copy_out(number, statement, b"".join(chunks), cur.statusmessage or "",
+                     cur.rowcount)
 
 
 def _first_line(exc: BaseException) -> str:
