@@ -419,3 +419,53 @@ def test_notify_payloads_parameter_status_and_column_names_are_masked(
     _assert_clean(note.payload + status + " ".join(names), "notify/parameter/column name")
     assert "[MASKED:aws-access-key]" in note.payload
     assert "[MASKED:aws-access-key]" in status
+
+
+# -- the audit trail: masked before it is cut, parameters masked like their columns --------
+
+
+def test_audit_masks_before_cutting_long_statements_and_params(mask_gw: GatewayHarness) -> None:
+    marker = uuid.uuid4().hex
+    uri = f" postgres://app:{DB_PASSWORD}@db:5432/app"
+    # The audit keeps 64 KiB of text and 1 KiB per parameter: put the secret across the cut.
+    prefix = f"select /* {marker} */ '"
+    # The cuts fall 12 characters into the password.
+    long_sql = prefix + "x" * (64 * 1024 - 12 - 16 - len(prefix)) + uri + "'"
+    long_param = "y" * (1024 - 12 - 16) + uri + "é" * 600
+
+    async def go() -> None:
+        conn = await asyncpg.connect(host=mask_gw.host, port=mask_gw.port, user="ci-test",
+                                     database="secrets-db", password=mask_gw.token(),
+                                     ssl=False)
+        try:
+            await conn.fetchval(f"select length($1::text) /* {marker} */", long_param)
+        finally:
+            await conn.close()
+
+    with psycopg.connect(mask_gw.dsn("secrets-db"), autocommit=True) as conn:
+        conn.execute(long_sql)
+        # A parameter bound to a sensitive column is masked whole, whatever it looks like.
+        conn.execute(f"update {SCHEMA}.creds set password = %s where id = 99 /* {marker} */",
+                     ("plain-words-only",))
+    asyncio.run(go())
+    blob = _store_bytes(mask_gw)
+    assert DB_PASSWORD[:10].encode() not in blob
+    assert b"plain-words-only" not in blob
+    statements = [st for s in mask_gw.sessions(connection="secrets-db")
+                  for st in mask_gw.statements(s.id) if marker in st.text]
+    update = next(st for st in statements if st.text.startswith("update"))
+    assert update.params == ("[MASKED:column]",)
+    binary = next(st for st in statements if "length($1::text)" in st.text)
+    assert binary.params[0] is not None and binary.params[0].endswith("bytes)")
+
+
+def test_denial_detail_is_masked_before_it_is_cut(mask_gw: GatewayHarness) -> None:
+    uri = f" postgres://app:{DB_PASSWORD}@db:5432/app"
+    head = "delete from t where note = '"
+    sql_text = head + "z" * (500 - 12 - 16 - len(head)) + uri + "'"
+    with psycopg.connect(mask_gw.dsn("locked-db"), autocommit=True) as conn:
+        with pytest.raises(errors.InsufficientPrivilege) as exc:
+            conn.execute(sql_text)
+    detail = str(exc.value.diag.message_detail)
+    assert "[MASKED" in detail
+    assert DB_PASSWORD[:10] not in str(exc.value) and DB_PASSWORD[:10] not in detail

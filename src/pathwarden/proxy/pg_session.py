@@ -40,12 +40,13 @@ from ..model import (
     Verdict,
 )
 from ..policy.sql import SqlContext
+from ..policy.sql_params import param_columns
 from ..protocols.postgres import messages as m
 from ..protocols.postgres.connection import NEED_DATA, ClientConnection, ServerConnection
 from ..protocols.postgres.errors import ProtocolError
 from ..protocols.postgres.tracker import ResponseTracker, Tracked, Unit
-from ..protocols.postgres.values import render_binary
-from .pg_masking import UNKNOWN_BINARY, MaskFailure, PgMasker, plan_for
+from ..protocols.postgres.values import JSONB, render_binary
+from .pg_masking import TEXT_LIKE_BINARY, UNKNOWN_BINARY, MaskFailure, PgMasker, plan_for
 from .pg_sql_state import LEXING_PARAMETERS, SqlState
 from .pg_upstream import UpstreamTarget, send_cancel
 from .pipeline import Pipeline
@@ -107,16 +108,22 @@ def _quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _render_param(value: bytes | None, fmt: int, type_oid: int) -> str | None:
-    if value is None:
-        return None
-    if fmt == 0:
-        text = value[:_MAX_AUDIT_PARAM].decode("utf-8", "replace")
-    else:
-        text = render_binary(type_oid, value[:_MAX_AUDIT_PARAM])
-    if len(value) > _MAX_AUDIT_PARAM:
-        text += f"... ({len(value)} bytes)"
-    return text
+# Masking looks this far past the audit's cut, so a secret the cut would split is
+# still recognised (and masked whole) before the text is cut.
+_MASK_MARGIN = 4096
+
+
+def _cut(text: str, limit: int, size: int | None = None) -> str:
+    """``text`` cut to ``limit`` characters, without splitting a ``[MASKED:...]`` marker."""
+    if len(text) <= limit and size is None:
+        return text
+    cut = text[:limit]
+    marker = cut.rfind("[MASKED")
+    if marker != -1 and "]" not in cut[marker:]:
+        cut = cut[:marker] + "[MASKED]"
+    if size is not None:
+        return f"{cut}... ({size} bytes)"
+    return cut + "..." if len(text) > limit else cut
 
 
 class PgSession:
@@ -383,14 +390,43 @@ class PgSession:
                        f"connection {self.connection.name}{by}: {decision.reason}")
             hint = f"the statement was not executed; the denial is in the audit trail ({audit})"
         return m.ErrorResponse.build(INSUFFICIENT_PRIVILEGE, message,
-                                     detail=f"statement: {self._audit_text(op.text[:500])}",
+                                     detail=f"statement: {_cut(self._audit_text(op.text), 500)}",
                                      hint=hint)
+
+    def _render_param(self, value: bytes | None, fmt: int, type_oid: int,
+                      column: str | None) -> str | None:
+        """A bind parameter as the audit trail shows it: masked, then cut."""
+        if value is None:
+            return None
+        window = value[:_MAX_AUDIT_PARAM + _MASK_MARGIN]
+        masker = self.masker
+        if fmt == 0 or type_oid in TEXT_LIKE_BINARY:
+            if fmt != 0 and type_oid == JSONB and window[:1] == b"\x01":
+                window = window[1:]
+            text = window.decode("utf-8", "replace")
+        else:
+            text = render_binary(type_oid, window)
+            if masker is not None and text.startswith("\\x"):
+                # Shown as hex, which no detector reads: look at the bytes themselves.
+                found = masker.engine.mask(window)
+                if found.changed:
+                    return "[MASKED:" + ",".join(sorted(found.counts)) + "]"
+        if masker is not None:
+            if column is not None and masker.engine.is_sensitive_key(column):
+                text = masker.engine.mask_value(text.encode(), column).data.decode(
+                    "utf-8", "replace")
+            else:
+                text = masker.engine.mask_text(text)[0]
+        return _cut(text, _MAX_AUDIT_PARAM, len(value) if len(value) > _MAX_AUDIT_PARAM
+                    else None)
 
     def _bind(self, ev: m.Bind, out: list[bytes]) -> None:
         prepared = self._statements.get(ev.statement)
         types = prepared.param_types if prepared is not None else ()
+        columns = param_columns(prepared.text) if prepared is not None else {}
         params = tuple(
-            _render_param(v, ev.param_format(i), types[i] if i < len(types) else 0)
+            self._render_param(v, ev.param_format(i), types[i] if i < len(types) else 0,
+                               columns.get(i + 1))
             for i, v in enumerate(ev.params)
         )
         portal = _Portal(ev.statement, prepared, params, self._context(),
@@ -710,22 +746,18 @@ class PgSession:
             masked[key] = masked.get(key, 0) + n
 
     def _audit_text(self, text: str) -> str:
+        """``text`` masked for the audit trail (up to a margin past the audit's cut)."""
         masker = self.masker
         if masker is None:
             return text
         cached = self._masked_texts.get(text)
         if cached is None:
-            cached, _ = masker.engine.mask_text(text)
-            if len(self._masked_texts) >= _AUDIT_CACHE:
-                self._masked_texts.clear()
-            self._masked_texts[text] = cached
+            cached, _ = masker.engine.mask_text(text[:_MAX_AUDIT_TEXT + _MASK_MARGIN])
+            if len(text) <= 4096:  # statements repeat; huge texts are not worth keeping
+                if len(self._masked_texts) >= _AUDIT_CACHE:
+                    self._masked_texts.clear()
+                self._masked_texts[text] = cached
         return cached
-
-    def _audit_params(self, params: tuple[str | None, ...]) -> tuple[str | None, ...]:
-        masker = self.masker
-        if masker is None or not params:
-            return params
-        return tuple(p if p is None else masker.engine.mask_text(p)[0] for p in params)
 
     def _send_client(self, out: list[bytes]) -> None:
         if out:
@@ -775,10 +807,10 @@ class PgSession:
             if t.skipped and error is None:
                 error = "not executed: an earlier message in the pipeline failed"
             verdict = decision.verdict
-        text = t.text if len(t.text) <= _MAX_AUDIT_TEXT else t.text[:_MAX_AUDIT_TEXT] + "..."
+        text = _cut(self._audit_text(t.text), _MAX_AUDIT_TEXT)
         self.audit.statement(StatementRecord(
-            session_id=self.record.id, seq=t.seq, kind=t.kind, text=self._audit_text(text),
-            params=self._audit_params(t.params),
+            session_id=self.record.id, seq=t.seq, kind=t.kind, text=text,
+            params=t.params,
             verdict=verdict, reason=decision.reason, started_at=started_at,
             duration_ms=round((time.monotonic() - start) * 1000, 3),
             command_tag=t.tag, rows=None if t.denial is not None else t.rows,
