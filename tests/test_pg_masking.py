@@ -469,3 +469,21 @@ def test_denial_detail_is_masked_before_it_is_cut(mask_gw: GatewayHarness) -> No
     detail = str(exc.value.diag.message_detail)
     assert "[MASKED" in detail
     assert DB_PASSWORD[:10] not in str(exc.value) and DB_PASSWORD[:10] not in detail
+
+
+def test_values_of_sensitive_columns_quoted_in_errors_are_masked(
+        mask_gw: GatewayHarness) -> None:
+    with psycopg.connect(mask_gw.dsn("secrets-db"), autocommit=True) as conn:
+        with pytest.raises(errors.InvalidTextRepresentation) as cast:
+            conn.execute(f"select password::int from {SCHEMA}.creds where id = 1")
+        conn.execute("create temp table t (id int, pw text check (length(pw) < 3))")
+        with pytest.raises(errors.CheckViolation) as check:
+            conn.execute(f"insert into t select id, password from {SCHEMA}.creds where id = 1")
+        conn.execute("create temp table k (api_key text primary key)")
+        conn.execute("insert into k values (%s)", (COLUMN_PASSWORD,))
+        with pytest.raises(errors.UniqueViolation) as unique:
+            conn.execute("insert into k values (%s)", (COLUMN_PASSWORD,))
+    for exc in (cast.value, check.value, unique.value):
+        text = f"{exc} {exc.diag.message_detail}"
+        assert COLUMN_PASSWORD not in text, text
+        assert "[MASKED:column]" in text

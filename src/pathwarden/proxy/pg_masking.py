@@ -33,6 +33,7 @@ other places), for the audit trail: never the values.
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -69,6 +70,13 @@ NON_TEXT_BINARY = frozenset({
 _TEXT, _SKIP, _REFUSE = 0, 1, 2
 # Fields of ErrorResponse/NoticeResponse that are codes or positions, not text.
 _CODE_FIELDS = frozenset("SVCPpLFR")
+
+
+# Values the server quotes in errors (constraint violations, bad input).
+_KEY_VALUE = re.compile(r"(Key \((.*?)\)=\()(.*)(\))", re.S)
+_FAILING_ROW = re.compile(r"(Failing row contains \().*(\)\.?)$", re.S)
+_QUOTED_VALUE = re.compile(r'(: )"(?!\[MASKED)(.*)"$', re.S)
+_COLUMN_MARK = "[MASKED:column]"
 
 
 class MaskFailure(Exception):
@@ -260,8 +268,14 @@ class PgMasker:
     # -- notices and errors -----------------------------------------------------------
 
     def fields_message(self, kind: bytes, payload: bytes | memoryview,
-                       counts: dict[str, int]) -> bytes | None:
-        """A masked NoticeResponse/ErrorResponse frame, or None if nothing was masked."""
+                       counts: dict[str, int], sensitive: bool = False) -> bytes | None:
+        """A masked NoticeResponse/ErrorResponse frame, or None if nothing was masked.
+
+        ``sensitive``: the statement reads or writes a column whose values are
+        masked whole; the server quotes values in some errors (``invalid input
+        syntax ...: "<value>"``, ``Failing row contains (...)``, ``Key
+        (col)=(<value>)``), so those quoted values are masked too.
+        """
         cls = m.ErrorResponse if kind == b"E" else m.NoticeResponse
         msg = cls.decode(bytes(payload))
         where = "error" if kind == b"E" else "notice"
@@ -271,6 +285,10 @@ class PgMasker:
             if code in _CODE_FIELDS or not text:
                 continue
             masked, found = self.engine.mask_text(text)
+            quoted = self._quoted_values(masked, sensitive)
+            if quoted is not None:
+                masked = quoted
+                found = {**found, "column": found.get("column", 0) + 1}
             if found:
                 changed = True
                 fields[code] = masked
@@ -278,6 +296,19 @@ class PgMasker:
         if not changed:
             return None
         return cls(fields=fields).encode()
+
+    def _quoted_values(self, text: str, sensitive: bool) -> str | None:
+        """``text`` with server-quoted values of sensitive columns masked, or None."""
+        out = text
+        key = _KEY_VALUE.search(out)
+        if key is not None and (sensitive or any(
+                self.engine.is_sensitive_key(c.strip().strip('"'))
+                for c in key.group(2).split(","))):
+            out = out[:key.start(3)] + _COLUMN_MARK + out[key.end(3):]
+        if sensitive:
+            out = _FAILING_ROW.sub(r"\1" + _COLUMN_MARK + r"\2", out)
+            out = _QUOTED_VALUE.sub(r'\1"' + _COLUMN_MARK + '"', out)
+        return out if out != text else None
 
     # -- COPY OUT ---------------------------------------------------------------------
 

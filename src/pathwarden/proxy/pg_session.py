@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -75,6 +76,7 @@ _COPY_OUT = ord(m.CopyOutResponse.TYPE)
 _COPY_DATA = ord(m.CopyData.TYPE)
 _COPY_DONE = ord(m.CopyDone.TYPE)
 _AUDIT_CACHE = 1024  # masked statement texts kept for the audit trail
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 
 
 @dataclass(slots=True, eq=False)
@@ -160,6 +162,7 @@ class PgSession:
         # None: masking is off for this session (masking.enabled: false).
         self.masker = masker
         self._masked_texts: dict[str, str] = {}
+        self._sensitive_texts: dict[str, bool] = {}
         self.tracker = ResponseTracker()
         self._seq = 0
         self._statements: dict[str, _Prepared] = {}
@@ -705,7 +708,8 @@ class PgSession:
         elif t in (_NOTICE, _ERROR):
             # An error ends a COPY: what the stream still holds goes out before it.
             prefix = masker.copy_end(counts) if t == _ERROR and masker.copying else b""
-            out = masker.fields_message(bytes((t,)), body, counts)
+            out = masker.fields_message(bytes((t,)), body, counts,
+                                        self._touches_sensitive(masker, head))
             if prefix:
                 if out is None:
                     out = bytes((t,)) + (len(body) + 4).to_bytes(4, "big") + bytes(body)
@@ -735,6 +739,23 @@ class PgSession:
             plan = plan_for(masker.engine, desc)
             head.columns = (plan, any(col.sensitive for col in plan))
         return masker.row_description(desc, counts) if hit else None
+
+    def _touches_sensitive(self, masker: PgMasker, head: Tracked | None) -> bool:
+        """Whether the statement being answered names a column masked whole."""
+        if head is None:
+            return False
+        columns = head.columns
+        if type(columns) is tuple and columns[1]:
+            return True
+        text = head.text
+        known = self._sensitive_texts.get(text)
+        if known is None:
+            known = any(masker.engine.is_sensitive_key(word)
+                        for word in set(_IDENTIFIER.findall(text[:_MAX_AUDIT_TEXT])))
+            if len(self._sensitive_texts) >= _AUDIT_CACHE:
+                self._sensitive_texts.clear()
+            self._sensitive_texts[text] = known
+        return known
 
     @staticmethod
     def _count(head: Tracked, counts: dict[str, int]) -> None:
