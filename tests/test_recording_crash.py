@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import gzip
 import os
 import signal
 import subprocess
@@ -17,8 +18,10 @@ import pytest
 from pathwarden.recording import (
     GroupSync,
     RecordingError,
+    RecordingFormatError,
     RecordingFull,
     RecordingWriter,
+    finish_orphan,
     follow,
     read_recording,
     verify_recording,
@@ -103,6 +106,26 @@ def test_a_write_torn_by_a_crash_leaves_a_torn_tail_and_everything_before_it(
     assert [(p.kind, p.seq) for p in verify_recording(path)] == [
         ("torn_tail", 5), ("truncated", 5),
     ]
+
+
+def test_a_recording_orphaned_by_a_crash_is_finished_as_it_is(tmp_path: Path) -> None:
+    path = tmp_path / "live" / "torn.pwrec"
+    child = run_child(path, 300, "tear")
+    child.communicate(timeout=30)
+    before = path.read_bytes()
+    done = finish_orphan(path, tmp_path / "done" / "torn.pwrec.gz")
+    assert not path.exists()
+    assert gzip.decompress(done.path.read_bytes()) == before  # nothing cut or added
+    rec = read_recording(done.path)
+    assert (done.events, done.final_hash, done.bytes) == (5, rec.events[-1].h, len(before))
+    assert [(p.kind, p.seq) for p in verify_recording(done.path, final_hash=done.final_hash)] == [
+        ("torn_tail", 5), ("truncated", 5),
+    ]
+    bad = tmp_path / "bad.pwrec"
+    bad.write_bytes(b'{"created":1.0,"gatew')
+    with pytest.raises(RecordingFormatError, match="cannot be finished"):
+        finish_orphan(bad, tmp_path / "bad.pwrec.gz")
+    assert bad.exists()
 
 
 def test_zero_bytes_left_by_a_power_loss_read_as_a_torn_tail(tmp_path: Path) -> None:

@@ -71,6 +71,24 @@ def per_append_us(directory: Path, n: int, repeat: int) -> tuple[float, float]:
     return min(runs), min(encode)
 
 
+def per_pair_us(directory: Path, n: int, repeat: int) -> tuple[float, float]:
+    """operation + decision: two appends, against one append_many (one write)."""
+    two, one = [], []
+    for r in range(repeat):
+        w = RecordingWriter.create(directory / f"pair-{r}.pwrec", f"pair-{r}", "gw-bench")
+        start = time.perf_counter()
+        for _ in range(n):
+            w.append("operation", OPERATION)
+            w.append("decision", DECISION)
+        two.append((time.perf_counter() - start) / n * 1e6)
+        start = time.perf_counter()
+        for _ in range(n):
+            w.append_many([("operation", OPERATION, True), ("decision", DECISION, True)])
+        one.append((time.perf_counter() - start) / n * 1e6)
+        w.close()
+    return min(two), min(one)
+
+
 def per_append_fsync_us(directory: Path, n: int) -> float:
     w = RecordingWriter.create(directory / "fsync.pwrec", "bench-fsync", "gw-bench")
     start = time.perf_counter()
@@ -108,7 +126,8 @@ def group_sync_ms(directory: Path, writers: int) -> float:
         start = time.perf_counter()
         report = group.sync_all()
         times.append((time.perf_counter() - start) * 1e3)
-        assert report.synced == writers and not report.failed
+        assert report.synced == writers
+        assert not report.failed
     for w in ws:
         w.close()
     return statistics.median(times)
@@ -124,25 +143,32 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         d = Path(tmp)
         append_us, encode_us = per_append_us(d, args.n, args.repeat)
-        print(f"append of an operation event ({len(build_event(0, 1.0, 'operation', OPERATION, '0' * 64)[1])} bytes):")
+        size = len(build_event(0, 1.0, "operation", OPERATION, "0" * 64)[1])
+        print(f"append of an operation event ({size} bytes):")
         print(f"  {append_us:6.2f} us per append (best of {args.repeat} x {args.n})")
         print(f"  {encode_us:6.2f} us of it encoding + hashing, the rest is write()")
+        two, one = per_pair_us(d, args.n // 2, args.repeat)
+        print(f"  {two:6.2f} us per operation + decision as two appends")
+        print(f"  {one:6.2f} us per operation + decision as one append_many")
         print(f"  {per_append_fsync_us(d, 500):6.0f} us per append + fsync (policy 'always')")
         print(f"  {group_sync_ms(d, 64):6.2f} ms per GroupSync.sync_all of 64 dirty recordings")
 
         path = statements_file(d, args.statements)
         raw = path.read_bytes()
         rec = read_recording(path)
-        assert not rec.problems and rec.complete
+        assert not rec.problems
+        assert rec.complete
         print(f"\n{args.statements} statements (operation + decision + result with a 3-row sample),"
               f" {len(rec.events)} events:")
-        print(f"  raw            {len(raw):9d} bytes  ({len(raw) / args.statements:7.1f} per statement)")
+        per = len(raw) / args.statements
+        print(f"  raw            {len(raw):9d} bytes  ({per:7.1f} per statement)")
         for level in (1, 6, 9):
             start = time.perf_counter()
             for _ in range(5):
                 packed = gzip.compress(raw, compresslevel=level, mtime=0)
             ms = (time.perf_counter() - start) / 5 * 1e3
-            print(f"  gzip level {level}   {len(packed):9d} bytes  ({len(packed) / args.statements:7.1f}"
+            per = len(packed) / args.statements
+            print(f"  gzip level {level}   {len(packed):9d} bytes  ({per:7.1f}"
                   f" per statement, ratio {len(raw) / len(packed):4.1f}x, {ms:6.1f} ms,"
                   f" {len(raw) / 1e6 / (ms / 1e3):5.0f} MB/s)")
 

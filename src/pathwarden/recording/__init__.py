@@ -59,6 +59,7 @@ from pathwarden.recording.writer import (
     GroupSync,
     RecordingWriter,
     SyncReport,
+    finish_orphan,
 )
 
 __all__ = [
@@ -67,7 +68,7 @@ __all__ = [
     "Recording", "RecordingError", "RecordingFormatError", "RecordingFull",
     "RecordingNotFound", "RecordingStorage", "RecordingWriter", "S3Storage", "SignedHead",
     "SyncReport", "canonical", "chain_link", "decode_line", "encode_event", "event_hash",
-    "follow", "header_hash", "iter_events", "location_for", "make_checkpoint",
+    "finish_orphan", "follow", "header_hash", "iter_events", "location_for", "make_checkpoint",
     "read_header", "read_recording", "sign_head", "verify_chain", "verify_events",
     "verify_head", "verify_recording",
 ]

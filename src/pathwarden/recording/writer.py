@@ -46,8 +46,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pathwarden.recording.errors import RecordingError, RecordingFull
+from pathwarden.recording.errors import RecordingError, RecordingFormatError, RecordingFull
 from pathwarden.recording.format import Event, build_event, encode_header, header_hash
+from pathwarden.recording.reader import read_recording
 
 MiB = 1024 * 1024
 #: Room beyond ``hard_limit`` for the closing ``truncated`` and ``session_end`` events.
@@ -365,33 +366,7 @@ class RecordingWriter:
     def finish(self, dest: Path, *, level: int = COMPRESS_LEVEL) -> FinishedRecording:
         """Close, gzip the live file into ``dest`` atomically, then remove the live file."""
         self.close()
-        tmp = dest.with_name(dest.name + ".tmp")
-        try:
-            make_private_dirs(dest.parent)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            with open(fd, "wb") as raw:
-                os.fchmod(fd, 0o600)
-                with (
-                    open(self._path, "rb") as src,
-                    gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=level,
-                                  mtime=0) as gz,
-                ):
-                    while chunk := src.read(MiB):
-                        gz.write(chunk)
-                raw.flush()
-                os.fsync(fd)
-            os.replace(tmp, dest)
-            _fsync_dir(dest.parent)
-            compressed = os.stat(dest).st_size
-            os.unlink(self._path)
-            _fsync_dir(self._path.parent)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise RecordingError(
-                f"finishing the recording {self._path} into {dest} failed: {exc.strerror}",
-                exc.errno,
-            ) from None
+        compressed = _compress_and_remove(self._path, dest, level)
         return FinishedRecording(dest, self._head, self._seq, self._bytes, compressed)
 
     def __enter__(self) -> RecordingWriter:
@@ -399,6 +374,56 @@ class RecordingWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _compress_and_remove(live: Path, dest: Path, level: int) -> int:
+    """gzip ``live`` into ``dest`` (tmp, fsync, rename, fsync dir), remove ``live``;
+    return the compressed size."""
+    tmp = dest.with_name(dest.name + ".tmp")
+    try:
+        make_private_dirs(dest.parent)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with open(fd, "wb") as raw:
+            os.fchmod(fd, 0o600)
+            with (
+                open(live, "rb") as src,
+                gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=level,
+                              mtime=0) as gz,
+            ):
+                while chunk := src.read(MiB):
+                    gz.write(chunk)
+            raw.flush()
+            os.fsync(fd)
+        os.replace(tmp, dest)
+        _fsync_dir(dest.parent)
+        compressed = os.stat(dest).st_size
+        os.unlink(live)
+        _fsync_dir(live.parent)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise RecordingError(
+            f"finishing the recording {live} into {dest} failed: {exc.strerror}", exc.errno,
+        ) from None
+    return compressed
+
+
+def finish_orphan(live: Path, dest: Path, *, level: int = COMPRESS_LEVEL) -> FinishedRecording:
+    """Finish a live recording left by a gateway that died: compress it as it is.
+
+    Nothing is appended or cut, so the evidence of the crash stays (a verifier
+    reports ``truncated`` and any ``torn_tail``); the final hash is that of the
+    last whole event, ready for the session chain. An unreadable header raises
+    :class:`RecordingFormatError` and leaves the file for a person to look at.
+    """
+    rec = read_recording(live)
+    if rec.header is None:
+        reason = rec.problems[0].message if rec.problems else "no header"
+        raise RecordingFormatError(f"{live} cannot be finished: {reason}")
+    final_hash = rec.events[-1].h if rec.events else rec.header.hash
+    size = os.stat(live).st_size
+    compressed = _compress_and_remove(live, dest, level)
+    return FinishedRecording(dest, final_hash, len(rec.events), size, compressed)
 
 
 @dataclass(slots=True)
