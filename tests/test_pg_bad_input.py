@@ -15,6 +15,7 @@ import socket
 import struct
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
@@ -500,6 +501,7 @@ _HANDSHAKE_STAGES = {
 @pytest.mark.parametrize("stage", list(_HANDSHAKE_STAGES))
 def test_client_disconnects_mid_handshake(gw: GatewayHarness, client: RawClient, stage: str,
                                           how: str) -> None:
+    since = datetime.now(UTC)
     _HANDSHAKE_STAGES[stage](client, gw)
     wait_until(lambda: handshakes(gw) >= 1, what="handshake in progress")
     addr = client.addr
@@ -508,5 +510,6 @@ def test_client_disconnects_mid_handshake(gw: GatewayHarness, client: RawClient,
     else:
         client.reset()
     wait_until(lambda: handshakes(gw) == 0, what="handshake task finished")
-    # Not authenticated: nothing to record as a session.
-    assert sessions_of(gw, addr) == []
+    # Not authenticated: nothing to record as a session (an earlier session may have
+    # had the same ephemeral port).
+    assert [rec for rec in sessions_of(gw, addr) if rec.started_at >= since] == []
