@@ -129,6 +129,7 @@ class RecordingWriter:
         self._seq = 0
         self._bytes = len(header_line)
         self._synced = 0
+        self._flushed = self._bytes  # end of the last complete write (what fsync may claim)
         self._closed = False
         self._broken = False
         self._ended = False
@@ -192,7 +193,7 @@ class RecordingWriter:
     @property
     def dirty(self) -> bool:
         """Written since the last fsync."""
-        return not self._closed and self._synced < self._bytes
+        return not self._closed and self._synced < self._flushed
 
     @property
     def closed(self) -> bool:
@@ -317,6 +318,7 @@ class RecordingWriter:
             raise RecordingError(
                 f"writing to the recording {self._path} failed: {exc.strerror}", exc.errno,
             ) from None
+        self._flushed = self._bytes
 
     def _rollback(self, good: int) -> None:
         try:
@@ -334,7 +336,7 @@ class RecordingWriter:
         with self._lock:
             if self._closed:
                 return
-            upto = self._bytes
+            upto = self._flushed  # not _bytes: an append in another thread may be mid-write
             try:
                 os.fsync(self._fd)
             except OSError as exc:
