@@ -487,3 +487,28 @@ def test_values_of_sensitive_columns_quoted_in_errors_are_masked(
         text = f"{exc} {exc.diag.message_detail}"
         assert COLUMN_PASSWORD not in text, text
         assert "[MASKED:column]" in text
+
+
+def test_name_rule_keeps_every_type_parseable(mask_gw: GatewayHarness) -> None:
+    async def go() -> list[Any]:
+        conn = await asyncpg.connect(host=mask_gw.host, port=mask_gw.port, user="ci-test",
+                                     database="secrets-db", password=mask_gw.token(),
+                                     ssl=False)
+        try:
+            row = await conn.fetchrow(
+                "select '{\"a\": \"b9Kx2mPq7Lr4\"}'::jsonb as secret, "
+                "array['a1b2c3d4e5f6g7'] as password, 'raw-bytes'::bytea as api_key, "
+                "123456789 as token")
+            return list(row.values()) if row is not None else []
+        finally:
+            await conn.close()
+
+    secret, password, api_key, token = asyncio.run(go())
+    assert secret == '"[MASKED:column]"'  # still a JSON document
+    assert password is None  # an array cannot carry a marker: NULL instead
+    assert api_key == b"[MASKED:column]"
+    assert token == 123456789  # a number cannot hold a credential
+    with psycopg.connect(mask_gw.dsn("secrets-db"), autocommit=True) as conn:
+        row = conn.execute("select '{\"a\": \"b9Kx2mPq7Lr4\"}'::json as secret, "
+                           "'raw-bytes'::bytea as api_key, 42 as token").fetchone()
+    assert row == ("[MASKED:column]", b"[MASKED:column]", 42)

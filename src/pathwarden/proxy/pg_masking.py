@@ -33,6 +33,7 @@ other places), for the audit trail: never the values.
 
 from __future__ import annotations
 
+import json
 import re
 import struct
 from collections.abc import Mapping
@@ -90,6 +91,10 @@ class ColumnPlan:
     name: str
     mode: int  # _TEXT, _SKIP or _REFUSE
     sensitive: bool  # its name masks every value
+    # How a whole value is replaced under the name rule, keeping the type's format:
+    # "text", "json", "jsonb", "bytea", or "null" (a type a marker would not parse as).
+    whole: str = "text"
+    binary: bool = False
 
 
 Plan = tuple[ColumnPlan, ...]
@@ -124,8 +129,28 @@ def plan_for(engine: MaskEngine, desc: m.RowDescription,
             mode = _SKIP
         else:
             mode = _REFUSE
-        plan.append(ColumnPlan(f.name, mode, engine.is_sensitive_key(f.name)))
+        # Numbers, dates, uuids ... cannot hold a credential: the name rule skips them.
+        sensitive = f.type_oid not in NON_TEXT_BINARY and engine.is_sensitive_key(f.name)
+        whole = _WHOLE.get(f.type_oid, "null")
+        plan.append(ColumnPlan(f.name, mode, sensitive, whole, fmt != 0))
     return tuple(plan)
+
+
+# The name rule's replacement per type: a marker the client's parser accepts.
+_WHOLE = {18: "text", 19: "text", 25: "text", 142: "text", 705: "text", 1042: "text",
+          1043: "text", 114: "json", 3802: "jsonb", 17: "bytea"}
+
+
+def _whole_value(col: ColumnPlan, marker: bytes) -> bytes | None:
+    """The replacement of a whole value of ``col``; None sends NULL."""
+    if col.whole == "text":
+        return marker
+    if col.whole in ("json", "jsonb"):
+        doc = json.dumps(marker.decode("utf-8", "replace")).encode()
+        return b"\x01" + doc if col.whole == "jsonb" and col.binary else doc
+    if col.whole == "bytea":
+        return marker if col.binary else b"\\x" + marker.hex().encode()
+    return None
 
 
 def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -207,6 +232,13 @@ class PgMasker:
             col = plan[index] if plan is not None and index < nplan else unknown
             if col is not None and col.sensitive and col.mode != _SKIP:
                 result = engine.mask_value(data[start:pos], col.name)
+                if result.changed and col.whole != "text":
+                    new = _whole_value(col, result.data)
+                    parts.append(data[last : start - 4])
+                    parts.append(_I32.pack(-1) if new is None else _I32.pack(len(new)) + new)
+                    last = pos
+                    _add(counts, col.name, result.counts)
+                    continue
             elif hit and (col is None or col.mode != _SKIP):
                 result = engine.mask(data[start:pos])
                 if result.changed and col is not None and col.mode == _REFUSE:
