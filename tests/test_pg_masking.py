@@ -49,6 +49,8 @@ PRIVATE_KEY = rsa.generate_private_key(public_exponent=65537, key_size=1024).pri
 # A line of the key's body: long and unique, so finding it anywhere means a leak.
 KEY_LINE = PRIVATE_KEY.splitlines()[3]
 LITERAL = "lit-" + _rand(string.ascii_lowercase, 16)
+# Escaped differently by COPY, JSON and SQL quoting.
+ODD_LITERAL = "Kx9\\q7'Zt2\"" + _rand(string.ascii_lowercase, 8)
 
 SECRETS = {
     "aws key id": AWS_KEY_ID, "aws secret": AWS_SECRET, "uri password": DB_PASSWORD,
@@ -93,12 +95,17 @@ def mask_gw(pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory,
     (base / "md5pw").write_text("md5-secret\n")
     monkeypatch_module.setenv("PW_TEST_LITERAL", LITERAL)
     monkeypatch_module.setenv("PW_TEST_SCRAM", "scram-secret")
+    monkeypatch_module.setenv("PW_TEST_ODD_LITERAL", ODD_LITERAL)
     config: dict[str, Any] = standard_config(pg_server, base / "data", free_port())
     conn_base = {"host": pg_server.host, "port": pg_server.port, "database": "test",
                  "user": "postgres", "sslmode": "disable", "allow_all": True}
     config["connections"]["secrets-db"] = conn_base
     config["connections"]["raw-db"] = {**conn_base, "masking": {"enabled": False}}
-    config["masking"] = {"literals": [{"env": "PW_TEST_LITERAL"}]}
+    config["masking"] = {"literals": [{"env": "PW_TEST_LITERAL"}, {"env": "PW_TEST_ODD_LITERAL"}]}
+    # Sessions of ci-test from the main branch are not masked; other branches are.
+    config["policies"] = [{"name": "main-unmasked", "connections": ["secrets-db"],
+                           "identities": [{"identity": "ci-test", "claims": {"ref": "main"}}],
+                           "allow": ["read"], "masking": {"enabled": False}}]
     harness = GatewayHarness(write_config(base / "pathwarden.yaml", config))
     try:
         yield harness
@@ -431,7 +438,7 @@ def test_audit_masks_before_cutting_long_statements_and_params(mask_gw: GatewayH
     prefix = f"select /* {marker} */ '"
     # The cuts fall 12 characters into the password.
     long_sql = prefix + "x" * (64 * 1024 - 12 - 16 - len(prefix)) + uri + "'"
-    long_param = "y" * (1024 - 12 - 16) + uri + "é" * 600
+    long_param = "y" * (1024 - 12 - 16) + uri + " é" * 600
 
     async def go() -> None:
         conn = await asyncpg.connect(host=mask_gw.host, port=mask_gw.port, user="ci-test",
@@ -512,3 +519,30 @@ def test_name_rule_keeps_every_type_parseable(mask_gw: GatewayHarness) -> None:
         row = conn.execute("select '{\"a\": \"b9Kx2mPq7Lr4\"}'::json as secret, "
                            "'raw-bytes'::bytea as api_key, 42 as token").fetchone()
     assert row == ("[MASKED:column]", b"[MASKED:column]", 42)
+
+
+def test_escaped_forms_of_a_literal_are_masked_too(mask_gw: GatewayHarness) -> None:
+    with psycopg.connect(mask_gw.dsn("secrets-db"), autocommit=True) as conn:
+        row = conn.execute("select to_json(%s::text)::text, quote_literal(%s)",
+                           (ODD_LITERAL, ODD_LITERAL)).fetchone()
+        chunks = []
+        with conn.cursor().copy("copy (select %s::text) to stdout", (ODD_LITERAL,)) as copy:
+            chunks.extend(bytes(c) for c in copy)
+    assert row is not None
+    text = " ".join(row) + b"".join(chunks).decode()
+    assert "Kx9" not in text, text
+    assert text.count("[MASKED:literal]") == 3
+
+
+def test_masking_follows_the_policy_that_applies_to_each_session(
+        mask_gw: GatewayHarness) -> None:
+    def token(ref: str) -> str:
+        issued = mask_gw.call(mask_gw.gateway.authenticator.issue_token(
+            "ci-test", None, None, claims={"ref": ref}))
+        return issued.token
+
+    query = f"select config from {SCHEMA}.creds where id = 1"
+    with psycopg.connect(mask_gw.dsn("secrets-db", token=token("main"))) as conn:
+        assert AWS_KEY_ID in conn.execute(query).fetchone()[0]  # type: ignore[index]
+    with psycopg.connect(mask_gw.dsn("secrets-db", token=token("feature-x"))) as conn:
+        assert AWS_KEY_ID not in conn.execute(query).fetchone()[0]  # type: ignore[index]

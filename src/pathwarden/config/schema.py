@@ -39,9 +39,9 @@ from pathwarden.config.durations import (
     format_duration,
     parse_duration,
 )
+from pathwarden.config.masking import MaskingSettings
 from pathwarden.config.secrets import Secret
 from pathwarden.config.trust import TrustIssuer
-from pathwarden.masking.settings import MaskingSettings
 from pathwarden.policy.rules import PolicyConfig
 
 __all__ = [

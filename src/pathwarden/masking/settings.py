@@ -12,15 +12,13 @@ file take part: a connection that says nothing about ``style`` inherits it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
-from typing import Annotated, Any
-
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
-from pydantic_core import PydanticCustomError
+from typing import Any
 
 from pathwarden.config.errors import ConfigError
-from pathwarden.config.secrets import Secret
-from pathwarden.masking.options import PII_DETECTORS, MaskOptions, Style
+from pathwarden.config.masking import MIN_LITERAL_LENGTH, MaskingSettings, known_detectors
+from pathwarden.masking.options import MaskOptions
 
 __all__ = [
     "MIN_LITERAL_LENGTH",
@@ -30,86 +28,21 @@ __all__ = [
     "mask_options",
 ]
 
-#: Shorter exact secrets would mask ordinary words; they are refused in the
-#: configuration and skipped (with a warning) among injected credentials.
-MIN_LITERAL_LENGTH = 6
-
-
 class MaskingError(Exception):
     """Masking for a session cannot be set up (a literal's source is unreadable ...)."""
 
 
-def known_detectors() -> frozenset[str]:
-    """Names of every built-in detector, secret and personal-data ones."""
-    from pathwarden.masking.engine import engine_for
-
-    return frozenset(engine_for(MaskOptions(pii=PII_DETECTORS)).detector_names) | PII_DETECTORS
-
-
-def _check_detectors(values: list[str] | None) -> list[str] | None:
-    if values is None:
-        return None
-    known = known_detectors()
-    for index, name in enumerate(values):
-        if name not in known:
-            raise PydanticCustomError(
-                "detector",
-                "unknown detector '{name}'; known detectors: {known}",
-                {"name": name, "known": ", ".join(sorted(known)), "at": (index,)},
-            )
-    return values
-
-
-def _check_pii(values: list[str]) -> list[str]:
-    for index, name in enumerate(values):
-        if name not in PII_DETECTORS:
-            raise PydanticCustomError(
-                "pii",
-                "unknown personal-data detector '{name}'; choose from {known}",
-                {"name": name, "known": ", ".join(sorted(PII_DETECTORS)), "at": (index,)},
-            )
-    return values
-
-
-def _check_literals(values: list[Secret]) -> list[Secret]:
-    for index, secret in enumerate(values):
-        try:
-            value = secret.reveal()
-        except ConfigError:
-            continue  # a missing env/file secret is reported when masking is built
-        if len(value) < MIN_LITERAL_LENGTH:
-            raise PydanticCustomError(
-                "literal",
-                "a literal to mask must be at least {n} characters long (shorter ones "
-                "would mask ordinary words)",
-                {"n": MIN_LITERAL_LENGTH, "at": (index,)},
-            )
-    return values
-
-
-def _lower(values: list[str]) -> list[str]:
-    return [v.strip().lower() for v in values]
-
-
-class MaskingSettings(BaseModel):
-    """How responses and audit records are masked."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    enabled: bool = True
-    # None: every built-in secret detector.
-    detectors: Annotated[list[str] | None, AfterValidator(_check_detectors)] = None
-    disable: Annotated[list[str], AfterValidator(_check_detectors)] = Field(
-        default_factory=list)
-    pii: Annotated[list[str], AfterValidator(_check_pii)] = Field(default_factory=list)
-    style: Style = "label"
-    fixed_text: Annotated[str, Field(min_length=1, max_length=64)] = "[MASKED]"
-    # Column names / JSON keys whose whole value is masked (added to the defaults).
-    columns: Annotated[list[str], AfterValidator(_lower)] = Field(default_factory=list)
-    exempt_columns: Annotated[list[str], AfterValidator(_lower)] = Field(default_factory=list)
-    exempt_values: list[str] = Field(default_factory=list)
-    literals: Annotated[list[Secret], AfterValidator(_check_literals)] = Field(
-        default_factory=list)
+def _escaped_forms(value: str) -> set[str]:
+    forms = {
+        value.replace("\\", "\\\\"),  # COPY text format, E'' strings
+        json.dumps(value)[1:-1],  # JSON strings (to_json, row_to_json, API bodies)
+        json.dumps(value, ensure_ascii=False)[1:-1],
+        value.replace("'", "''"),  # SQL string literals
+        value.replace("\\", "\\\\").replace("'", "''"),  # quote_literal(): E'...'
+        value.replace('"', '""'),  # CSV and composite-value quoting
+    }
+    forms.discard(value)
+    return forms
 
 
 def mask_options(levels: Sequence[MaskingSettings | None],
@@ -140,6 +73,8 @@ def mask_options(levels: Sequence[MaskingSettings | None],
     except ConfigError as exc:
         raise MaskingError(f"masking.literals: {exc}") from None
     literals |= {v for v in injected if len(v) >= MIN_LITERAL_LENGTH}
+    # The forms a value takes once escaped by COPY text, JSON or SQL quoting.
+    literals |= {form for value in list(literals) for form in _escaped_forms(value)}
     detectors = scalar("detectors")
     return MaskOptions(
         enabled=scalar("enabled"),

@@ -93,7 +93,7 @@ class Gateway:
         self.pipeline = Pipeline(build_classifier(config), build_authorizer(config), self.audit)
         self._watch_task: asyncio.Task[None] | None = None
         self.targets = {n: build_target(n, c) for n, c in config.connections.items()}
-        self._masking: dict[tuple[str, str], MaskEngine | None] = {}
+        self._masking: dict[tuple[str, tuple[str, ...]], MaskEngine | None] = {}
         # Failed logins per client address and per identity, on every protocol and the API.
         limits = config.auth_limits
         self.auth_limiter = FailureLimiter(per_source=limits.failures_per_source,
@@ -366,11 +366,13 @@ class Gateway:
         Raises :class:`MaskingError` when it cannot be built; the login is then
         refused rather than served unmasked.
         """
-        key = (identity.name, connection.name)
+        # Policies may match on token claims: two sessions of one identity can fall
+        # under different policies, so the key is what actually applies.
+        policies = [p for p in self.config.policies if p.applies_to(identity, connection)]
+        key = (connection.name, tuple(p.name for p in policies))
         if key not in self._masking:
             if len(self._masking) > 10_000:
                 self._masking.clear()
-            policies = [p for p in self.config.policies if p.applies_to(identity, connection)]
             self._masking[key] = masking_engine(self.config, connection.name, policies)
         return self._masking[key]
 

@@ -46,7 +46,7 @@ from ..protocols.postgres import messages as m
 from ..protocols.postgres.connection import NEED_DATA, ClientConnection, ServerConnection
 from ..protocols.postgres.errors import ProtocolError
 from ..protocols.postgres.tracker import ResponseTracker, Tracked, Unit
-from ..protocols.postgres.values import JSONB, render_binary
+from ..protocols.postgres.values import BYTEA, JSONB, render_binary
 from .pg_masking import TEXT_LIKE_BINARY, UNKNOWN_BINARY, MaskFailure, PgMasker, plan_for
 from .pg_sql_state import LEXING_PARAMETERS, SqlState
 from .pg_upstream import UpstreamTarget, send_cancel
@@ -110,22 +110,18 @@ def _quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-# Masking looks this far past the audit's cut, so a secret the cut would split is
-# still recognised (and masked whole) before the text is cut.
+# The audit's cut moves up to this far past its limit, to the end of the word it
+# falls in, so that a secret is never split by the cut (and then missed by masking).
 _MASK_MARGIN = 4096
+_WORD_END = re.compile(r"[\s'\",;()]")
 
 
-def _cut(text: str, limit: int, size: int | None = None) -> str:
-    """``text`` cut to ``limit`` characters, without splitting a ``[MASKED:...]`` marker."""
-    if len(text) <= limit and size is None:
-        return text
-    cut = text[:limit]
-    marker = cut.rfind("[MASKED")
-    if marker != -1 and "]" not in cut[marker:]:
-        cut = cut[:marker] + "[MASKED]"
-    if size is not None:
-        return f"{cut}... ({size} bytes)"
-    return cut + "..." if len(text) > limit else cut
+def _cut_point(text: str, limit: int) -> int:
+    """Where to cut ``text`` near ``limit``: after the word the limit falls in."""
+    if len(text) <= limit:
+        return len(text)
+    end = _WORD_END.search(text, limit, limit + _MASK_MARGIN)
+    return end.start() if end is not None else limit + _MASK_MARGIN
 
 
 class PgSession:
@@ -393,7 +389,7 @@ class PgSession:
                        f"connection {self.connection.name}{by}: {decision.reason}")
             hint = f"the statement was not executed; the denial is in the audit trail ({audit})"
         return m.ErrorResponse.build(INSUFFICIENT_PRIVILEGE, message,
-                                     detail=f"statement: {_cut(self._audit_text(op.text), 500)}",
+                                     detail=f"statement: {self._audit_text(op.text, 500)}",
                                      hint=hint)
 
     def _render_param(self, value: bytes | None, fmt: int, type_oid: int,
@@ -402,11 +398,15 @@ class PgSession:
         if value is None:
             return None
         window = value[:_MAX_AUDIT_PARAM + _MASK_MARGIN]
+        cut = False
         masker = self.masker
-        if fmt == 0 or type_oid in TEXT_LIKE_BINARY:
+        if fmt == 0 or (type_oid in TEXT_LIKE_BINARY and type_oid != BYTEA):
             if fmt != 0 and type_oid == JSONB and window[:1] == b"\x01":
                 window = window[1:]
             text = window.decode("utf-8", "replace")
+            point = _cut_point(text, _MAX_AUDIT_PARAM)
+            cut = point < len(text) or len(value) > len(window)
+            text = text[:point]
         else:
             text = render_binary(type_oid, window)
             if masker is not None and text.startswith("\\x"):
@@ -414,14 +414,15 @@ class PgSession:
                 found = masker.engine.mask(window)
                 if found.changed:
                     return "[MASKED:" + ",".join(sorted(found.counts)) + "]"
+            if len(text) > _MAX_AUDIT_PARAM:
+                text, cut = text[:_MAX_AUDIT_PARAM], True
         if masker is not None:
             if column is not None and masker.engine.is_sensitive_key(column):
                 text = masker.engine.mask_value(text.encode(), column).data.decode(
                     "utf-8", "replace")
             else:
                 text = masker.engine.mask_text(text)[0]
-        return _cut(text, _MAX_AUDIT_PARAM, len(value) if len(value) > _MAX_AUDIT_PARAM
-                    else None)
+        return f"{text}... ({len(value)} bytes)" if cut else text
 
     def _bind(self, ev: m.Bind, out: list[bytes]) -> None:
         prepared = self._statements.get(ev.statement)
@@ -766,19 +767,25 @@ class PgSession:
         for key, n in counts.items():
             masked[key] = masked.get(key, 0) + n
 
-    def _audit_text(self, text: str) -> str:
-        """``text`` masked for the audit trail (up to a margin past the audit's cut)."""
+    def _audit_text(self, text: str, limit: int = _MAX_AUDIT_TEXT) -> str:
+        """``text`` cut near ``limit`` (never inside a word), then masked."""
+        point = _cut_point(text, limit)
+        if point < len(text):
+            text = text[:point]
+            suffix = "..."
+        else:
+            suffix = ""
         masker = self.masker
         if masker is None:
-            return text
+            return text + suffix
         cached = self._masked_texts.get(text)
         if cached is None:
-            cached, _ = masker.engine.mask_text(text[:_MAX_AUDIT_TEXT + _MASK_MARGIN])
+            cached, _ = masker.engine.mask_text(text)
             if len(text) <= 4096:  # statements repeat; huge texts are not worth keeping
                 if len(self._masked_texts) >= _AUDIT_CACHE:
                     self._masked_texts.clear()
                 self._masked_texts[text] = cached
-        return cached
+        return cached + suffix
 
     def _send_client(self, out: list[bytes]) -> None:
         if out:
@@ -828,7 +835,7 @@ class PgSession:
             if t.skipped and error is None:
                 error = "not executed: an earlier message in the pipeline failed"
             verdict = decision.verdict
-        text = _cut(self._audit_text(t.text), _MAX_AUDIT_TEXT)
+        text = self._audit_text(t.text, _MAX_AUDIT_TEXT)
         self.audit.statement(StatementRecord(
             session_id=self.record.id, seq=t.seq, kind=t.kind, text=text,
             params=t.params,
