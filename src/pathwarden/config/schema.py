@@ -40,6 +40,7 @@ from pathwarden.config.durations import (
     parse_duration,
 )
 from pathwarden.config.masking import MaskingSettings
+from pathwarden.config.recording import RecordingSettings
 from pathwarden.config.secrets import Secret
 from pathwarden.config.trust import TrustIssuer
 from pathwarden.policy.rules import PolicyConfig
@@ -331,6 +332,7 @@ class GatewayConfig(_Model):
     sql: SqlSettings = Field(default_factory=SqlSettings)
     policies: list[PolicyConfig] = Field(default_factory=list)
     masking: MaskingSettings = Field(default_factory=MaskingSettings)
+    recording: RecordingSettings = Field(default_factory=RecordingSettings)
     # OIDC issuers whose tokens CI jobs may exchange for pathwarden tokens (the API).
     trust: list[TrustIssuer] = Field(default_factory=list)
     api: ApiSettings = Field(default_factory=ApiSettings)

@@ -176,6 +176,11 @@ class TokenAuthority:
             public_key = loaded
         return cls(public_key)
 
+    @property
+    def signing_key(self) -> Ed25519PrivateKey | None:
+        """The private key (None for a verify-only authority): also signs audit chain heads."""
+        return self._private_key
+
     def public_key_pem(self) -> bytes:
         return self._public_key.public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo

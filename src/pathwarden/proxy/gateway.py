@@ -50,6 +50,7 @@ from .pg_listener import PostgresListener
 from .pg_session import PgSession
 from .pg_upstream import UpstreamTarget
 from .pipeline import Pipeline
+from .recorder import Recorder
 from .tls import ensure_self_signed, server_context, upstream_context
 
 if TYPE_CHECKING:
@@ -109,9 +110,15 @@ class Gateway:
         self.api: ApiServer | None = None
         self._token_task: asyncio.Task[None] | None = None
         self._expiry: dict[PgSession, asyncio.TimerHandle] = {}
+        # None: recording.enabled is false.
+        self.recorder: Recorder | None = (
+            Recorder(config.recording, Path(config.data_dir), store, authority.signing_key)
+            if config.recording.enabled else None)
 
     async def start(self) -> None:
         self.audit.start()
+        if self.recorder is not None:
+            await self.recorder.start()
         data_dir = self.config.data_dir
         for lc in self.config.listeners:
             if lc.tls is not None:
@@ -235,6 +242,8 @@ class Gateway:
         self._expiry.clear()
         await self._close_oidc()
         await self.audit.close()
+        if self.recorder is not None:
+            await self.recorder.stop()
 
     def _replace_oidc(self, exchange: OidcExchange | None) -> None:
         old, self.oidc = self.oidc, exchange

@@ -37,6 +37,7 @@ from ..policy.sql import is_utf8_encoding
 from ..protocols.postgres import messages as m
 from ..protocols.postgres.connection import NEED_DATA, ServerConnection
 from ..protocols.postgres.errors import ProtocolError
+from ..recording import RecordingError
 from ..store import StoreError
 from .pg_masking import PgMasker
 from .pg_session import PgSession
@@ -335,6 +336,18 @@ class PostgresListener:
         except UpstreamError as exc:
             raise _Refused(exc.sqlstate, f"pathwarden: {exc.message}", hint=exc.hint,
                            reason=f"upstream: {exc.message}") from None
+        recording = None
+        if gw.recorder is not None:
+            try:
+                recording = gw.recorder.open(record, "postgres")
+            except RecordingError as exc:
+                log.error("session %s: recording cannot start: %s", record.id, exc)
+                if gw.recorder.settings.strict:
+                    upstream.leg.close()
+                    raise _Refused("58000", "pathwarden: the session cannot be recorded "
+                                   "right now, so it was refused (recording.strict); try "
+                                   "again later", reason=f"recording unavailable: {exc}"
+                                   ) from None
         gw.audit.session_started(record)
         # Tell the client what the server told us, with the gateway's own cancel key.
         out = [front.send(m.Authentication(code=m.AUTH_OK))]
@@ -363,7 +376,7 @@ class PostgresListener:
             connection=conn_ref,
             client=leg, front=front, upstream=upstream.leg, back=upstream.conn,
             target=target, upstream_key=upstream.key, pipeline=gw.pipeline,
-            on_end=gw.session_ended, masker=masker,
+            on_end=gw.session_ended, masker=masker, recording=recording,
         )
         session.server_parameters.update(upstream.parameters)
         session.sql.initial_search_path = upstream.search_path

@@ -51,6 +51,7 @@ from .pg_masking import TEXT_LIKE_BINARY, UNKNOWN_BINARY, MaskFailure, PgMasker,
 from .pg_sql_state import LEXING_PARAMETERS, SqlState
 from .pg_upstream import UpstreamTarget, send_cancel
 from .pipeline import Pipeline
+from .recorder import SessionRecording
 from .stream import Leg
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,7 @@ class PgSession:
         pipeline: Pipeline,
         on_end: Callable[[PgSession], None],
         masker: PgMasker | None = None,
+        recording: SessionRecording | None = None,
     ) -> None:
         self.record = record
         self.identity = identity
@@ -157,6 +159,8 @@ class PgSession:
         self._on_end = on_end
         # None: masking is off for this session (masking.enabled: false).
         self.masker = masker
+        # None: recording is off (recording.enabled: false).
+        self.recording = recording
         self._masked_texts: dict[str, str] = {}
         self._sensitive_texts: dict[str, bool] = {}
         self.tracker = ResponseTracker()
@@ -346,9 +350,12 @@ class PgSession:
             tracked.extra = {"ctx_before": before}
 
     def _apply(self, ev: m.Message, op: Operation, decision: Decision, out: list[bytes]) -> None:
+        cls = type(ev)
+        if cls is not m.Parse or decision.verdict is not Verdict.ALLOW:
+            # What runs now (a Parse runs at its Execute) is recorded before it is sent.
+            decision = self._write_ahead(op, decision, op.text, ())
         tracked = Tracked(op.seq, op.kind, op.text,
                           context=(time.monotonic(), datetime.now(UTC), op, decision))
-        cls = type(ev)
         allowed = decision.verdict is Verdict.ALLOW
         if not allowed:
             tracked.denial = self._denial(op, decision)
@@ -370,6 +377,17 @@ class PgSession:
         else:  # FunctionCall
             out.append(ev.raw if allowed else m.FunctionCall(function_oid=0).encode())
             self.tracker.expect(Unit.FUNCTION, tracked)
+
+    def _write_ahead(self, op: Operation, decision: Decision, text: str,
+                     params: tuple[str | None, ...]) -> Decision:
+        """Record the operation and its decision; refuse it if that fails (strict mode)."""
+        recording = self.recording
+        if recording is None:
+            return decision
+        refusal = recording.operation(op, decision, self._audit_text(text), params)
+        if refusal is None or decision.verdict is not Verdict.ALLOW:
+            return decision
+        return Decision(Verdict.DENY, refusal, policy=decision.policy)
 
     def _denial(self, op: Operation, decision: Decision) -> m.ErrorResponse:
         what = {"query": "statement", "parse": "statement",
@@ -460,6 +478,8 @@ class PgSession:
         if ctx is not None and prepared.search_path not in (None, ctx.search_path):
             # The server planned it at Bind under another search_path: decide again.
             op, decision = self._redecide(op, ctx, decision.policy)
+        decision = self._write_ahead(replace(op, seq=self._seq, kind="execute"), decision,
+                                     prepared.text, params)
         tracked = Tracked(self._seq, "execute", prepared.text, params,
                           context=(time.monotonic(), datetime.now(UTC), op, decision),
                           columns=portal)
@@ -492,6 +512,7 @@ class PgSession:
                            connection=self.connection, protocol=Protocol.POSTGRES,
                            kind="execute", text=f"EXECUTE {_quote_ident(name or '')}")
             op, decision = self._redecide(op, portal.ctx, None)
+            decision = self._write_ahead(op, decision, text, params)
             tracked = Tracked(self._seq, "execute", text, params,
                               context=(time.monotonic(), datetime.now(UTC), op, decision),
                               columns=portal)
@@ -513,9 +534,17 @@ class PgSession:
         op = Operation(session_id=self.record.id, seq=self._seq, identity=self.identity,
                        connection=self.connection, protocol=Protocol.POSTGRES, kind="execute",
                        text=text, actions=stored or ())
+        decision = self._write_ahead(op, Decision(Verdict.ALLOW, reason), text, params)
+        if decision.verdict is not Verdict.ALLOW:
+            tracked = Tracked(self._seq, "execute", text, params,
+                              context=(time.monotonic(), datetime.now(UTC), op, decision))
+            tracked.denial = self._denial(op, decision)
+            out.append(m.Execute(portal=_DENIED_PORTAL).encode())
+            self.tracker.expect(Unit.EXECUTE, tracked)
+            return
         tracked = Tracked(self._seq, "execute", text, params,
-                          context=(time.monotonic(), datetime.now(UTC), op,
-                                   Decision(Verdict.ALLOW, reason)), columns=portal)
+                          context=(time.monotonic(), datetime.now(UTC), op, decision),
+                          columns=portal)
         self._describe_for_masking(ev, portal, tracked, out)
         out.append(ev.raw)
         self.tracker.expect(Unit.EXECUTE, tracked)
@@ -601,6 +630,7 @@ class PgSession:
         last = len(starts) - 1
         edits: list[tuple[int, int, bytes]] | None = None
         masker = self.masker
+        recording = self.recording
         if masker is not None:
             masker.begin_chunk(chunk)
         for i, s in enumerate(starts):
@@ -611,12 +641,17 @@ class PgSession:
                 head = tracker.head()
                 if head is not None:
                     head.pending_rows += 1
+                row = None
                 if masker is not None:
                     e = starts[i + 1] if i < last else len(chunk)
                     row = self._mask_row(masker, head, view[s + 5 : e], masker.hit(s, e))
                     if row is not None:
                         edits = edits or []
                         edits.append((s, e, row))
+                if recording is not None and head is not None and (
+                        head.sample is None or len(head.sample) < recording.sample_rows):
+                    e = starts[i + 1] if i < last else len(chunk)
+                    self._sample(head, row[5:] if row is not None else view[s + 5 : e])
                 continue
             e = starts[i + 1] if i < last else len(chunk)
             body = view[s + 5 : e]
@@ -787,6 +822,25 @@ class PgSession:
                 self._masked_texts[text] = cached
         return cached + suffix
 
+    def _sample(self, head: Tracked, payload: bytes | memoryview) -> None:
+        """Keep one (masked) row of the result for the recording, within its byte budget."""
+        assert self.recording is not None
+        if head.sample is None:
+            head.sample = []
+        budget = self.recording.sample_bytes - sum(
+            len(v or "") for r in head.sample for v in r)
+        values: list[str | None] = []
+        for value in m.DataRow.decode(bytes(payload)).values():
+            if value is None:
+                values.append(None)
+                continue
+            text = value[: max(budget, 0)].decode("utf-8", "replace")
+            if len(value) > budget:
+                text += f"... ({len(value)} bytes)"
+            budget -= len(value)
+            values.append(text)
+        head.sample.append(values)
+
     def _send_client(self, out: list[bytes]) -> None:
         if out:
             data = b"".join(out)
@@ -845,6 +899,27 @@ class PgSession:
             error=self._audit_text(error) if error is not None else None,
             policy=decision.policy, action=op.action, masked=t.masked,
         ))
+        if self.recording is not None:
+            self._record_result(t, verdict, error)
+
+    def _record_result(self, t: Tracked, verdict: Verdict, error: str | None) -> None:
+        assert self.recording is not None
+        start = t.context[0]
+        data: dict[str, Any] = {
+            "op_seq": t.seq, "verdict": verdict.value, "tag": t.tag,
+            "rows": None if t.denial is not None else t.rows,
+            "duration_ms": round((time.monotonic() - start) * 1000, 3),
+        }
+        if error is not None:
+            data["error"] = self._audit_text(error)
+        if t.masked:
+            data["masked"] = dict(t.masked)
+        sample = None
+        if t.sample:
+            columns = t.columns[0] if type(t.columns) is tuple and t.columns[0] else None
+            sample = {"columns": [c.name for c in columns] if columns else None,
+                      "rows": t.sample}
+        self.recording.result(data, sample)
 
     # -- ending -----------------------------------------------------------------------
 
@@ -891,6 +966,8 @@ class PgSession:
         self.record.ended_at = datetime.now(UTC)
         self.record.end_reason = reason
         self.audit.session_ended(self.record)
+        if self.recording is not None:
+            self.recording.close(self.record)
         log.info("session %s ended: identity=%s connection=%s reason=%s", self.record.id,
                  self.identity.name, self.connection.name, reason)
         if not self.closed.done():

@@ -12,12 +12,14 @@ from pathwarden.store.base import (
     StoreError,
     TokenRecord,
 )
+from pathwarden.store.recordings import RecordingRow
 from pathwarden.store.sql import SqlStore, open_store, store_url_for
 
 __all__ = [
     "MIN_PREFIX",
     "AmbiguousPrefix",
     "NotFound",
+    "RecordingRow",
     "SqlStore",
     "Store",
     "StoreError",

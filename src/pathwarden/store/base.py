@@ -16,9 +16,12 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pathwarden.model import SessionRecord, StatementRecord
+
+if TYPE_CHECKING:
+    from pathwarden.store.recordings import RecordingRow
 
 __all__ = [
     "MIN_PREFIX",
@@ -133,3 +136,30 @@ class Store(Protocol):
 
     async def list_statements(self, session_id: str) -> list[StatementRecord]:
         """A session's statements in ``seq`` order."""
+
+    # -- recordings (see store/recordings.py) -------------------------------------
+
+    async def chain_tail(self, gateway_id: str) -> tuple[int, str] | None:
+        """The last position and link of a gateway's chain of sessions."""
+
+    async def add_recording(self, row: RecordingRow, head: str) -> None:
+        """Index a finished recording together with the signed head covering it."""
+
+    async def get_recording(self, session_id: str) -> RecordingRow | None:
+        """Where a session's recording is, if it was indexed."""
+
+    async def list_recordings(
+        self, *, gateway_id: str | None = None, before: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[RecordingRow]:
+        """Indexed recordings in chain order."""
+
+    async def heads(self) -> dict[str, str]:
+        """Signed chain heads by gateway id."""
+
+    async def checkpoints(self) -> dict[str, str]:
+        """Newest signed checkpoint by gateway id."""
+
+    async def prune(self, gateway_id: str, up_to: int, checkpoint: str,
+                    session_ids: Sequence[str]) -> None:
+        """Drop a chain's oldest entries and their sessions; store the checkpoint."""

@@ -52,6 +52,7 @@ from pathwarden.store.base import (
     StoreError,
     TokenRecord,
 )
+from pathwarden.store.recordings import RecordingIndex
 from pathwarden.store.rows import (
     INSERT_STATEMENTS_PG,
     INSERT_STATEMENTS_SQLITE,
@@ -191,7 +192,7 @@ def _sqlite_on_begin(connection: Connection) -> None:
     connection.exec_driver_sql(f"BEGIN {mode}")
 
 
-class SqlStore:
+class SqlStore(RecordingIndex):
     """The store on SQLite or PostgreSQL; create it with :func:`open_store`."""
 
     def __init__(self, engine: AsyncEngine, target: _Target) -> None:

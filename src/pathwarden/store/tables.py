@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Dialect,
@@ -28,10 +29,20 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-__all__ = ["UtcDateTime", "metadata", "sessions", "statements", "tokens"]
+__all__ = [
+    "UtcDateTime",
+    "audit_checkpoints",
+    "audit_heads",
+    "metadata",
+    "recordings",
+    "sessions",
+    "statements",
+    "tokens",
+]
 
 _SQLITE_FORMAT = "%Y-%m-%dT%H:%M:%S.%f+00:00"
 
@@ -133,3 +144,43 @@ statements = Table(
     Column("masked", JSON(), nullable=True),
     Index("ix_statements_started_at", "started_at"),
 )
+
+# One row per finished session recording: where it is, and its place in the
+# gateway's chain of sessions (see recording/verify.py).
+recordings = Table(
+    "recordings",
+    metadata,
+    Column("session_id", String(64), primary_key=True),
+    Column("gateway_id", String(64), nullable=False),
+    Column("position", BigInteger(), nullable=False),
+    Column("final_hash", String(64), nullable=False),
+    Column("link", String(64), nullable=False),
+    Column("location", Text(), nullable=False),
+    Column("events", BigInteger(), nullable=False),
+    Column("bytes", BigInteger(), nullable=False),
+    Column("stored_bytes", BigInteger(), nullable=False),
+    Column("complete", Boolean(), nullable=False),
+    Column("started_at", UtcDateTime(), nullable=False),
+    Column("ended_at", UtcDateTime(), nullable=False),
+    UniqueConstraint("gateway_id", "position", name="uq_recordings_chain"),
+    Index("ix_recordings_started_at", "started_at"),
+)
+
+# The newest signed chain head per gateway, and the signed checkpoints left where
+# retention cut the chain.
+audit_heads = Table(
+    "audit_heads",
+    metadata,
+    Column("gateway_id", String(64), primary_key=True),
+    Column("position", BigInteger(), nullable=False),
+    Column("signed", Text(), nullable=False),
+)
+
+audit_checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("gateway_id", String(64), primary_key=True),
+    Column("position", BigInteger(), primary_key=True),
+    Column("signed", Text(), nullable=False),
+)
+

@@ -84,6 +84,8 @@ class Tracked:
     columns: Any = None
     # What masking replaced in this request's response: {"<column>:<detector>": count}.
     masked: dict[str, int] | None = None
+    # The first rows of the result (masked), kept for the session recording.
+    sample: list[list[str | None]] | None = None
 
 
 class ResponseTracker:
