@@ -53,13 +53,20 @@ from ..store import RecordingRow, Store, StoreError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Recorder", "SessionRecording", "default_gateway_id"]
+__all__ = [
+    "Recorder", "SessionRecording", "default_gateway_id", "recording_root", "storage_for",
+]
 
 
 def default_gateway_id(data_dir: Path) -> str:
     """This gateway's chain name: its host name and a digest of its data directory."""
     digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:8]
     return f"{socket.gethostname()[:48]}-{digest}"
+
+
+def recording_root(settings: RecordingSettings, data_dir: Path) -> Path:
+    """The recording directory: ``recording.dir``, or ``<data_dir>/recordings``."""
+    return settings.dir or data_dir / "recordings"
 
 
 class SessionRecording:
@@ -138,12 +145,12 @@ class Recorder:
     def __init__(self, settings: RecordingSettings, data_dir: Path, store: Store,
                  signing_key: Ed25519PrivateKey | None, gateway_id: str | None = None) -> None:
         self.settings = settings
-        self.root = settings.dir or data_dir / "recordings"
+        self.root = recording_root(settings, data_dir)
         self.live_dir = self.root / "live"
         self.store = store
         self.signing_key = signing_key
         self.gateway_id = gateway_id or settings.gateway_id or default_gateway_id(data_dir)
-        self.storage = _storage(settings, self.root)
+        self.storage = storage_for(settings, self.root)
         self.fsync_each = settings.fsync == "always"
         self.sync = GroupSync()
         self._chain_lock = asyncio.Lock()
@@ -213,13 +220,15 @@ class Recorder:
             "reason": record.end_reason, "bytes_from_client": record.bytes_from_client,
             "bytes_to_client": record.bytes_to_client})
         self.sync.discard(recording.writer)
+        span = (record.started_at, record.ended_at or datetime.now(UTC))
         task = asyncio.get_running_loop().create_task(
-            self._finish(recording.writer, record.id, complete=True))
+            self._finish(recording.writer, record.id, complete=True, span=span))
         self._finishing.add(task)
         task.add_done_callback(self._finishing.discard)
 
     async def _finish(self, writer: RecordingWriter | None, session_id: str, *,
-                      complete: bool, live: Path | None = None) -> None:
+                      complete: bool, live: Path | None = None,
+                      span: tuple[datetime, datetime] | None = None) -> None:
         dest = self.live_dir / f"{session_id}.pwrec.gz"
         try:
             if writer is not None:
@@ -232,7 +241,8 @@ class Recorder:
             if await self.store.get_recording(session_id) is not None:
                 await asyncio.to_thread(finished.path.unlink, missing_ok=True)
                 return  # indexed before the last gateway stopped
-            started, ended = await asyncio.to_thread(_span, finished.path)
+            started, ended = span if span is not None else await asyncio.to_thread(
+                _span, finished.path)
             location = await asyncio.to_thread(
                 self.storage.put, session_id, started.date(), finished.path)
             # The storage holds its own copy now.
@@ -292,7 +302,8 @@ def _span(path: Path) -> tuple[datetime, datetime]:
     return datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(end, UTC)
 
 
-def _storage(settings: RecordingSettings, root: Path) -> RecordingStorage:
+def storage_for(settings: RecordingSettings, root: Path) -> RecordingStorage:
+    """The storage of finished recordings that ``recording.storage`` configures."""
     cfg = settings.storage
     if isinstance(cfg, S3StorageConfig):
         return S3Storage(
