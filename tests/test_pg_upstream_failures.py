@@ -17,6 +17,7 @@ import socket
 import struct
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -517,3 +518,25 @@ def test_gateway_shutdown_mid_handshake(doomed: GatewayHarness) -> None:
         if data:
             assert data[:1] == b"E"
             assert b"57P01" in data
+
+
+def test_a_statement_is_cancelled_when_its_client_goes_away(gateway: GatewayHarness,
+                                                            pg_server: PgServer) -> None:
+    marker = uuid.uuid4().hex
+    sock = socket.create_connection((gateway.host, gateway.port), timeout=10)
+    sock.sendall(m.StartupMessage(params={"user": "ci-test", "database": "test-db"}).encode())
+    sock.recv(65536)  # AuthenticationCleartextPassword
+    sock.sendall(m.PasswordMessage(data=gateway.token().encode() + b"\0").encode())
+    time.sleep(0.3)
+    sock.recv(65536)
+    sock.sendall(m.Query(text=f"select pg_sleep(60) /* {marker} */").encode())
+
+    def running() -> int:
+        with psycopg.connect(pg_server.dsn(dbname="test"), autocommit=True) as direct:
+            row = direct.execute("select count(*) from pg_stat_activity where query like %s "
+                                 "and pid <> pg_backend_pid()", (f"%{marker}%",)).fetchone()
+            return int(row[0]) if row else 0
+
+    wait_until(lambda: running() == 1, what="the statement to run")
+    sock.close()
+    wait_until(lambda: running() == 0, timeout=5, what="the statement to be cancelled")

@@ -77,6 +77,8 @@ _COPY_OUT = ord(m.CopyOutResponse.TYPE)
 _COPY_DATA = ord(m.CopyData.TYPE)
 _COPY_DONE = ord(m.CopyDone.TYPE)
 _AUDIT_CACHE = 1024  # masked statement texts kept for the audit trail
+# Tasks that outlive their session (a cancel sent after the client left).
+_BACKGROUND: set[asyncio.Task[None]] = set()
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 
 
@@ -936,7 +938,19 @@ class PgSession:
     def _client_lost(self, exc: BaseException | None) -> None:
         if not self._ended:
             reason = "client disconnected" if exc is None else f"client connection lost: {exc}"
+            if len(self.tracker) and self.upstream_key is not None:
+                # The server would run a long statement to its end for nobody (and
+                # hold its locks meanwhile): cancel it.
+                task = asyncio.get_running_loop().create_task(self._cancel_quietly())
+                _BACKGROUND.add(task)
+                task.add_done_callback(_BACKGROUND.discard)
             self.end(reason)
+
+    async def _cancel_quietly(self) -> None:
+        try:
+            await self.cancel()
+        except Exception as exc:  # best effort: the session is gone either way
+            log.info("session %s: cancel after the client left failed: %s", self.record.id, exc)
 
     def _upstream_lost(self, exc: BaseException | None) -> None:
         if not self._ended:
