@@ -301,3 +301,100 @@ def test_truncated_private_key_is_masked_up_to_the_first_prose_line() -> None:
     text = "-----BEGIN PRIVATE KEY-----\n" + f.s(64, B64) + "\n" + f.s(30, B64) + "\nnext step ok\n"
     masked, _ = ENGINE.mask_text(text)
     assert masked == "-----BEGIN PRIVATE KEY-----[MASKED:private-key]next step ok\n"
+
+
+# ---------------------------------------------------------------- Kubernetes env pairs
+
+_k = Fake(21)
+_K8S_PW = _k.s(16)
+_K8S_AWS = _k.s(40, B64)
+_K8S_DD = _k.s(32, HEX)
+
+
+@pytest.mark.parametrize(("text", "secret"), [
+    (f'        - name: DB_PASSWORD\n          value: "{_K8S_PW}"\n', _K8S_PW),
+    (f"        - name: DB_PASSWORD\n          value: '{_K8S_PW}'\n", _K8S_PW),
+    (f"        - name: DB_PASSWORD\n          value: {_K8S_PW}\n", _K8S_PW),
+    (f'- name: AWS_SECRET_ACCESS_KEY\n  value: "{_K8S_AWS}"\n', _K8S_AWS),
+    (f"- name: DD_API_KEY\r\n  value: {_K8S_DD}  # from vault\r\n", _K8S_DD),
+    (f'- name: API_KEY\n  value: "token {_K8S_DD}"\n', _K8S_DD),
+    (f'- name: "REDIS_PASSWORD"\n  "value": "{_K8S_PW}"\n', _K8S_PW),
+    (f'{{"name": "API_TOKEN", "value": "{_K8S_DD}"}}', _K8S_DD),
+    (f"env: [{{name: SECRET_KEY, value: {_K8S_PW}}}]", _K8S_PW),
+])
+def test_kubernetes_env_value_under_a_sensitive_name_is_masked(text: str, secret: str) -> None:
+    masked, counts = ENGINE.mask_text(text)
+    assert secret not in masked and counts, masked
+    assert "name:" in masked or '"name":' in masked  # the name stays
+
+
+@pytest.mark.parametrize("text", [
+    "- name: LOG_LEVEL\n  value: \"" + _K8S_PW + "\"\n",
+    "- name: DB_PASSWORD_FILE\n  value: /run/secrets/db\n",
+    "- name: DB_PASSWORD\n  valueFrom:\n    secretKeyRef:\n      name: db\n      key: password\n",
+    "- name: DB_PASSWORD\n  value: \"${DB_PASSWORD}\"\n",
+    "- name: API_TOKEN\n  value: \"changeme\"\n",
+    "- name: API_TOKEN\n  value: \"\"\n",
+    "hostname: DB_PASSWORD\n  value: " + _K8S_PW + "\n",
+])
+def test_kubernetes_env_pairs_that_hold_no_secret_are_left_alone(text: str) -> None:
+    assert ENGINE.mask_text(text) == (text, {})
+
+
+# ---------------------------------------------------------------- 32 hex digits
+
+_HEX32 = Fake(22).s(32, HEX)
+
+
+@pytest.mark.parametrize("text", [
+    f"auth_token: {_HEX32}", f"apiToken: {_HEX32}", f'"access_token": "{_HEX32}"',
+    f"client_secret={_HEX32}", f"TWILIO_AUTH={_HEX32}",
+])
+def test_32_hex_digits_under_a_sensitive_key_are_a_secret(text: str) -> None:
+    masked, counts = ENGINE.mask_text(text)
+    assert _HEX32 not in masked and counts, masked
+
+
+@pytest.mark.parametrize("text", [
+    f"request {_HEX32} done",
+    f"etag: {_HEX32}",
+    f"md5sum {_HEX32}  app.tar.gz",
+    "auth_token: 6f1c2a9e-3b4d-4c5e-9f80-1a2b3c4d5e6f",  # a dashed UUID is an id
+])
+def test_hex_and_uuids_outside_sensitive_keys_are_left_alone(text: str) -> None:
+    assert ENGINE.mask_text(text) == (text, {})
+
+
+# ---------------------------------------------------------------- unquoted value ends
+
+_PUNCT = "Xq9" + "&" + _k.s(8) + ";" + _k.s(6) + "," + _k.s(5)
+
+
+@pytest.mark.parametrize("text", [
+    f"APP_SECRET={_PUNCT}",
+    f"APP_SECRET={_PUNCT}\nNEXT=1",
+    f"export APP_SECRET={_PUNCT} && make",
+    f"  run: APP_SECRET={_PUNCT} ./deploy",
+    f"\tDB_PASSWORD={_PUNCT}",
+    f"password: {_PUNCT}",
+    f"  - password: {_PUNCT}",
+])
+def test_line_style_values_run_to_the_first_blank(text: str) -> None:
+    masked, counts = ENGINE.mask_text(text)
+    assert counts == {"generic-assignment": 1}, masked
+    for part in _PUNCT.replace("&", " ").replace(";", " ").replace(",", " ").split():
+        assert part not in masked, masked
+
+
+def test_query_string_and_connection_string_values_end_at_their_separators() -> None:
+    secret = _k.s(14)
+    masked, _ = ENGINE.mask_text(f"GET https://api.example.com/v1?client_secret={secret}&page=2")
+    assert masked.endswith("&page=2") and secret not in masked
+    masked, _ = ENGINE.mask_text(f"?access_token={secret}&state=abc")
+    assert masked == "?access_token=[MASKED:generic-assignment]&state=abc"
+    masked, _ = ENGINE.mask_text(f"Server=db;Password={secret};Database=app")
+    assert masked.endswith(";Database=app") and secret not in masked
+    masked, _ = ENGINE.mask_text(f'{{"password": {secret}, "user": "bob"}}')
+    assert masked.endswith(', "user": "bob"}') and secret not in masked
+    # a placeholder followed by a comma in a flow mapping stays a placeholder
+    assert ENGINE.mask_text("{password: null, user: x}")[1] == {}

@@ -8,8 +8,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pathwarden.masking import MaskOptions, MaskResult, engine_for
+from pathwarden.masking import MaskEngine, MaskOptions, MaskResult, engine_for
 from pathwarden.masking import detectors as detectors_module
+from pathwarden.masking import engine as engine_module
 from test_masking_detectors import Fake, pii_samples, samples
 
 ENGINE = engine_for(MaskOptions())
@@ -221,3 +222,97 @@ def test_candidates_superset_on_generated_values(a: bytes, b: bytes, x: bytes) -
     if ALL.mask(x).changed or ALL.mask_value(x, None).changed:
         lo, hi = len(a), len(a) + len(x)
         assert any(s < hi and e > lo for s, e in ALL.candidates(a + x + b))
+
+
+# ---------------------------------------------------------------- confirmation work
+#
+# The engine counts the bytes it hands to regular expressions and validators
+# (``last_work``); the tests bound that count rather than wall-clock time.
+
+#: Far below the fail-closed budget (engine.WORK_PER_BYTE) and far above what
+#: the engine needs: a regression to per-hit rescans blows through it.
+WORK_BOUND = 24
+
+
+def work_ok(engine: MaskEngine, data: bytes) -> MaskResult:
+    result = engine.mask(data)
+    assert "error" not in result.counts
+    assert engine.last_work() <= WORK_BOUND * len(data) + engine_module.WORK_BASE, (
+        engine.last_work() / len(data))
+    return result
+
+
+ADVERSARIAL = [
+    b"x" + (b"LS0tLS1CRUdJTi" + b"A" * 20) * 8000,  # base64-PEM: a lookbehind fails every hit
+    (b"LS0tLS1CRUdJTi" + b"A" * 20) * 8000,  # one huge base64 run, rejected
+    b"pwd=${" * 40000,
+    b"token:<" * 40000,
+    b"password=xxx" * 20000,
+    b"x://a:@" * 40000,
+    b"xeyJaaaaa.eyJ" * 20000,
+    b"eyJ" + b"a" * 5 + (b".eyJ" + b"b" * 30) * 8000,
+    b"Bearer " + b"A" * 300_000,
+    b"-----BEGIN PRIVATE KEY-----\n" * 10000,
+    b"authorization:" * 20000,
+    b"cookie: ${" * 30000,
+    b"&sig=aaaaaaaaaaaaaaaaaaaa" * 10000,
+    b'"privateKeyData": "' * 15000,
+    b'"privateKeyData": "' + b"A" * 300_000,
+    b'"private_key": "-----BEGIN PRIVATE KEY-----' * 6000,
+    b"--db-password x " * 20000,
+    b"a@b.co" * 40000,
+    b"4111 1111 1111 1" * 20000,
+    b"DE89 3704 0044 " * 20000,
+    b"- name: DB_PASSWORD\n  value: " * 10000,
+    b"ghp_" + b"Z" * 300_000,
+    (b"ghp_" + b"Z" * 36 + b"\x00" * 5) * 8000,
+    b"AKIA0000000000000" * 20000,
+]
+
+
+@pytest.mark.parametrize("data", ADVERSARIAL, ids=[repr(d[:24]) for d in ADVERSARIAL])
+def test_adversarial_input_needs_linear_confirmation_work(data: bytes) -> None:
+    work_ok(ALL, data)
+
+
+def test_confirmation_work_does_not_grow_faster_than_the_input() -> None:
+    unit = b"LS0tLS1CRUdJTi" + b"A" * 20
+    small = work_ok(ENGINE, b"x" + unit * 2000) and ENGINE.last_work()
+    large = work_ok(ENGINE, b"x" + unit * 16000) and ENGINE.last_work()
+    assert large <= 9 * small
+
+
+_TRIGGERS = [
+    b"LS0tLS1CRUdJTi", b"A" * 20, b"x", b"eyJ", b"aaaaa", b".", b"eyJhbGciOiJIUzI1NiJ9", b"pwd=",
+    b"${", b"token:", b"<", b"password=", b"xxx", b"://", b"a:", b"@", b"\n", b"\\n", b" ", b"\"",
+    b"'", b"=", b":", b"&", b";", b",", b"-----BEGIN PRIVATE KEY-----", b"authorization:",
+    b"cookie:", b"&sig=", b"AccountKey=", b"ghp_", b"Z" * 36, b"AKIA", b"Q" * 16, b"Bearer ",
+    b"--password ", b"a@b.co", b"4111 1111 1111 1", b"DE89 3704 0044", b"- name: DB_PASSWORD\n",
+    b"  value: ", b"\"privateKeyData\": \"", b"\"private_key\": \"", b"sk-", b"xoxb-1-",
+    b"hooks.slack.com/services/", b"identified by '", b"0" * 13, b"key-", b"AC" + b"a" * 32 + b":",
+]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(unit=st.lists(st.sampled_from(_TRIGGERS), min_size=1, max_size=6).map(b"".join),
+       prefix=st.sampled_from([b"", b"x", b" ", b"\n", b"LS0tLS1CRUdJTi"]),
+       size=st.sampled_from([5_000, 60_000]))
+def test_repeated_triggers_need_linear_confirmation_work(unit: bytes, prefix: bytes,
+                                                         size: int) -> None:
+    work_ok(ALL, prefix + unit * max(1, size // len(unit)))
+
+
+def test_past_the_work_budget_the_whole_input_is_masked_and_only_the_cause_is_logged(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    data = f"deploy with {GH} and password=hunter2x9".encode()
+    assert ENGINE.mask(data).counts == {"github-token": 1, "generic-assignment": 1}
+    monkeypatch.setattr(engine_module, "WORK_PER_BYTE", 0)
+    monkeypatch.setattr(engine_module, "WORK_BASE", 32)
+    with caplog.at_level(logging.ERROR):
+        result = ENGINE.mask(data)
+        stream = ENGINE.stream()
+        streamed = stream.feed(data + b"\n") + stream.flush()
+    assert result == MaskResult(b"[MASKED:error]", {"error": 1})
+    assert streamed == b"[MASKED:error]" and stream.counts == {"error": 1}
+    assert "WorkBudgetExceeded" in caplog.text
+    assert GH not in caplog.text and "hunter2" not in caplog.text and "deploy" not in caplog.text

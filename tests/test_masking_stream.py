@@ -101,3 +101,32 @@ def test_a_private_key_split_at_every_point_masks_like_the_whole() -> None:
     expected = ENGINE.mask(data).data
     for i in range(len(data) + 1):
         assert run([data[:i], data[i:]], max_hold=256)[0] == expected, i
+
+
+_POD = (
+    "spec:\n  containers:\n  - name: app\n    env:\n"
+    "    - name: LOG_LEVEL\n      value: info\n"
+    f'    - name: DB_PASSWORD\n      value: "{Fake(31).s(18)}"\n'
+    "    - name: API_TOKEN\n"
+    f"      value: {Fake(32).s(32)}\n"
+    "    - name: DB_PASSWORD\n      valueFrom:\n        secretKeyRef: {name: db, key: pw}\n"
+    "    - name: PORT\n      value: '8080'\n"
+).encode()
+
+
+def test_a_kubernetes_env_pair_split_at_every_point_masks_like_the_whole() -> None:
+    expected = ENGINE.mask(_POD)
+    assert expected.counts == {"generic-assignment": 2}
+    for i in range(len(_POD) + 1):
+        assert run([_POD[:i], _POD[i:]]) == (expected.data, dict(expected.counts)), i
+    assert run([_POD[i:i + 7] for i in range(0, len(_POD), 7)])[0] == expected.data
+
+
+def test_a_sensitive_name_line_is_held_until_its_value_line_is_complete() -> None:
+    s = ENGINE.stream()
+    assert s.feed(b"env:\n- name: DB_PASSWORD\n") == b"env:\n"
+    assert s.feed(b"  value: hunter2") == b""
+    assert s.feed(b"x9\n- name: PORT\n") == (
+        b"- name: DB_PASSWORD\n  value: [MASKED:generic-assignment]\n- name: PORT\n")
+    assert s.feed(b"- name: CLIENT_SECRET\n") == b""
+    assert s.flush() == b"- name: CLIENT_SECRET\n"

@@ -12,7 +12,16 @@ the form has alternatives). An optional validator has the last word
 (entropy, Luhn, mod-97, a JWT header that parses, the placeholder filter).
 
 Confirmation patterns never cross a line break, except the PEM private-key
-body: the stream masker relies on that to release whole lines early.
+body and a Kubernetes-style ``name: <KEY>`` / ``value: <secret>`` pair (one
+line break): the stream masker relies on that to release whole lines early
+(it holds back a complete ``name:`` line whose key is sensitive until the
+next line is complete).
+
+Confirmation work is linear in the input: a rule whose prefilter fixes
+where the match begins is *anchored* (``Rule.anchor``: the match is tried
+once, at that offset from the hit start, and a later hit of the same rule
+starting inside an earlier match is not tried again); the other rules are
+searched once over each run of hits whose windows touch.
 """
 
 from __future__ import annotations
@@ -48,6 +57,15 @@ class Rule:
     #: When set, the confirmation is anchored where the run of these bytes
     #: before the hit begins (a key name), instead of searched for.
     key_chars: bytes = b""
+    #: When set, the prefilter fixes the start of the match: the confirmation
+    #: is ``match``-ed at the hit start plus this offset (never searched), with
+    #: ``after`` bytes of room past the hit end. A hit starting inside an
+    #: earlier match of the same rule (accepted or rejected) is not tried again.
+    anchor: int | None = None
+    #: For ``key_chars`` rules: the confirmation used when the key starts a
+    #: line or follows a blank and the delimiter is ``=`` (or starts a line and
+    #: the delimiter is ``:``).
+    line_confirm: re.Pattern[bytes] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +154,8 @@ def is_column_placeholder(value: bytes) -> bool:
     return not value.strip() or _COLUMN_PLACEHOLDER_RX.fullmatch(value.strip()) is not None
 
 
-_UUID_RX = _rx(rb"(?i)[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}")
+# Only the dashed 8-4-4-4-12 form: 32 bare hex digits under a key are a token.
+_UUID_RX = _rx(rb"(?i)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _NUMBER_RX = _rx(rb"[+-]?[0-9][0-9_,]*(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 _PATH_RX = _rx(rb"(?:/|~/|[A-Za-z]:\\)[^\s]*")
 
@@ -300,9 +319,31 @@ _ASSIGN_VALUE = (
     rb"|'(?P<secret2>[^'\r\n]*)'"
     rb"|[\"']?(?P<secret4>[^\s\"'`;&,]+))"
 )
+#: The same for an env-style ``KEY=value`` (the key at the start of a line or
+#: after a blank, ``export KEY=...``) and a YAML ``key: value`` at the start of
+#: a line: an unquoted value runs to the first blank, so ``&``, ``;`` and ``,``
+#: inside a generated password do not end it (they still end a value after
+#: ``?``, ``&`` or ``;``, in a URL query or a connection string).
+_ASSIGN_VALUE_LINE = _ASSIGN_VALUE.replace(rb"[^\s\"'`;&,]+", rb"[^\s\"'`]+")
 
 
 KEY_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-"
+
+#: The name half of a Kubernetes env entry, ``- name: DB_PASSWORD`` (or
+#: ``"name": "DB_PASSWORD"``); the value follows on the next line, or after a
+#: comma in the JSON or flow form.
+ENV_NAME = rb"name[\"']?[ \t]*:[ \t]*[\"']?(?P<key>[A-Za-z0-9_.\-]+)[\"']?[ \t]*"
+_ENV_VALUE_KEY = rb"(?:,[ \t]*|\r?\n[ \t]*(?:-[ \t]+)?)[\"']?value[\"']?[ \t]*:"
+_ENV_PAIR = Rule(
+    rb"name[\"']?[ \t]*:[ \t]*[\"']?[A-Za-z0-9_.\-]*(?i:" + _KEY_WORDS + rb")[A-Za-z0-9_.\-]*"
+    rb"[\"']?[ \t]*" + _ENV_VALUE_KEY,
+    _rx(rb"(?<![A-Za-z0-9_\-])" + ENV_NAME + _ENV_VALUE_KEY + rb"[ \t]*"
+        rb"(?:\"(?P<secret>(?:[^\"\\\r\n]|\\.)*)\"|'(?P<secret2>[^'\r\n]*)'"
+        rb"|(?P<secret3>[^\s\"'#][^\r\n]*?)(?=[ \t]*(?:\r?\n|\Z)|[ \t]+\#))"),
+    before=0,
+    after=1024,
+    anchor=0,
+)
 
 
 def assignment_rule(words: bytes) -> Rule:
@@ -314,6 +355,7 @@ def assignment_rule(words: bytes) -> Rule:
         after=1024,
         hs_flags=_CASELESS,
         key_chars=KEY_CHARS,
+        line_confirm=_rx(_ASSIGN_VALUE_LINE),
     )
 
 
@@ -321,13 +363,17 @@ def _token(name: str, prefilter: bytes, confirm: bytes, *, after: int = 512) -> 
     return Detector(
         name,
         (Rule(prefilter, _rx(_NOT_TOKEN_BEFORE + rb"(?P<secret>" + confirm + rb")" +
-                             _NOT_TOKEN_AFTER), before=16, after=after),),
+                             _NOT_TOKEN_AFTER), before=16, after=after, anchor=0),),
         validator=token_ok,
     )
 
 
-def _keyword(prefilter: bytes, confirm: bytes, *, before: int = 80, after: int = 256) -> Rule:
-    return Rule(prefilter, _rx(confirm), before=before, after=after, hs_flags=_CASELESS)
+def _keyword(prefilter: bytes, confirm: bytes, *, before: int = 80, after: int = 256,
+             anchor: int | None = 0) -> Rule:
+    """A caseless rule whose confirmation starts where the prefilter does (unless
+    ``anchor`` says otherwise)."""
+    return Rule(prefilter, _rx(confirm), before=before, after=after, hs_flags=_CASELESS,
+                anchor=anchor)
 
 
 BUILTIN: tuple[Detector, ...] = (
@@ -359,7 +405,7 @@ BUILTIN: tuple[Detector, ...] = (
         "azure-storage-key",
         (Rule(rb"[A-Za-z0-9+/]{86}==",
               _rx(rb"(?<![A-Za-z0-9+/])(?<!sha512-)(?P<secret>[A-Za-z0-9+/]{86}==)"
-                  rb"(?![A-Za-z0-9+/=])"), before=16, after=16),),
+                  rb"(?![A-Za-z0-9+/=])"), before=16, after=16, anchor=0),),
         validator=_random_bytes_ok,
         priority=40,
     ),
@@ -370,7 +416,7 @@ BUILTIN: tuple[Detector, ...] = (
                      rb"(?i:(?:Account|SharedAccess)Key)=(?P<secret>[A-Za-z0-9+/]{16,}={0,2})",
                      after=256),
             _keyword(rb"sig=[A-Za-z0-9%+/]{20}",
-                     rb"[?&;](?i:sig)=(?P<secret>[A-Za-z0-9%+/=]{20,})", before=8),
+                     rb"[?&;](?i:sig)=(?P<secret>[A-Za-z0-9%+/=]{20,})", before=8, anchor=-1),
         ),
         validator=token_ok,
         priority=55,
@@ -380,7 +426,7 @@ BUILTIN: tuple[Detector, ...] = (
         (Rule(rb"(?:gh[pousr]_[" + _B62 + rb"]{36}|github_pat_[" + _B62 + rb"_]{22})",
               _rx(_NOT_TOKEN_BEFORE + rb"(?P<secret>gh[pousr]_[A-Za-z0-9]{36,251}"
                   rb"|github_pat_[A-Za-z0-9_]{22,251})" + _NOT_TOKEN_AFTER),
-              before=16, after=256),),
+              before=16, after=256, anchor=0),),
         validator=token_ok,
     ),
     _token("gitlab-token",
@@ -394,7 +440,7 @@ BUILTIN: tuple[Detector, ...] = (
         "slack-webhook",
         (Rule(rb"hooks\.slack\.com/(?:services|workflows|triggers)/",
               _rx(rb"hooks\.slack\.com/(?:services|workflows|triggers)/"
-                  rb"(?P<secret>[A-Za-z0-9_/\-]{20,})"), before=8, after=256),),
+                  rb"(?P<secret>[A-Za-z0-9_/\-]{20,})"), before=8, after=256, anchor=0),),
         validator=value_ok,
         priority=55,
     ),
@@ -405,10 +451,10 @@ BUILTIN: tuple[Detector, ...] = (
         (
             Rule(rb"SK[0-9a-fA-F]{32}",
                  _rx(_NOT_TOKEN_BEFORE + rb"(?P<secret>SK[0-9a-fA-F]{32})" + _NOT_TOKEN_AFTER),
-                 before=16, after=16),
+                 before=16, after=16, anchor=0),
             Rule(rb"AC[0-9a-f]{32}[:/ ,;\"'=]",
                  _rx(rb"AC[0-9a-f]{32}[:/ ,;\"'=]{1,5}(?P<secret>[0-9a-f]{32})(?![0-9A-Za-z])"),
-                 before=4, after=64),
+                 before=4, after=64, anchor=0),
             _keyword(rb"twilio[A-Za-z_\-]{0,20}(?:auth|token|secret)",
                      rb"(?i:twilio[A-Za-z_\-]{0,20}(?:auth|token|secret)[A-Za-z_]{0,8})"
                      rb"[\"']?[ \t]*[:=][ \t]*[\"']?(?P<secret>[0-9a-f]{32})(?![0-9A-Za-z])"),
@@ -436,7 +482,7 @@ BUILTIN: tuple[Detector, ...] = (
         (Rule(rb"sk-(?:(?:proj|svcacct|admin|None)-[A-Za-z0-9_\-]{20}|[A-Za-z0-9]{32})",
               _rx(_NOT_TOKEN_BEFORE + rb"(?P<secret>sk-(?:(?:proj|svcacct|admin|None)-"
                   rb"[A-Za-z0-9_\-]{20,300}|[A-Za-z0-9]{32,200}))" + _NOT_TOKEN_AFTER),
-              before=16, after=512),),
+              before=16, after=512, anchor=0),),
         validator=token_ok,
     ),
     _token("anthropic-key", rb"sk-ant-[a-z]{3,5}[0-9]{2}-[A-Za-z0-9_\-]{20}",
@@ -445,17 +491,17 @@ BUILTIN: tuple[Detector, ...] = (
         "jwt",
         (Rule(rb"eyJ[A-Za-z0-9_\-]{5,}\.eyJ",
               _rx(rb"(?<![A-Za-z0-9_\-])(?P<secret>eyJ[A-Za-z0-9_\-]+\.eyJ[A-Za-z0-9_\-]+"
-                  rb"\.[A-Za-z0-9_\-]*)"), before=0, after=1 << 16),),
+                  rb"\.[A-Za-z0-9_\-]*)"), before=0, after=1 << 16, anchor=0),),
         validator=_jwt_ok,
         priority=35,
     ),
     Detector(
         "private-key",
         (Rule(PEM_BEGIN, _rx(PEM_BEGIN + rb"(?P<secret>" + PEM_BODY + rb")"),
-              before=0, after=1 << 20),
+              before=0, after=1 << 20, anchor=0),
          Rule(_PEM_B64_PREFIX + rb"[A-Za-z0-9+/]{20}",
               _rx(rb"(?<![A-Za-z0-9+/])(?P<secret>" + _PEM_B64_PREFIX + rb"[A-Za-z0-9+/]+=*)"),
-              before=0, after=1 << 20)),
+              before=0, after=1 << 20, anchor=0)),
         validator=_private_key_ok,
         priority=40,
     ),
@@ -468,7 +514,8 @@ BUILTIN: tuple[Detector, ...] = (
             _keyword(rb"[?&;](?:password|pwd)=",
                      rb"[?&;](?i:password|pwd)=(?P<secret>[^&;\s\"'`]+)", before=2),
             Rule(rb"jdbc:oracle:[a-z]+:[^\s/@:]*/[^\s@]*@",
-                 _rx(rb"jdbc:oracle:[a-z]+:[^\s/@:]*/(?P<secret>[^\s@]*)@"), before=0, after=512),
+                 _rx(rb"jdbc:oracle:[a-z]+:[^\s/@:]*/(?P<secret>[^\s@]*)@"), before=0, after=512,
+                 anchor=0),
         ),
         validator=value_ok,
         priority=30,
@@ -483,7 +530,7 @@ BUILTIN: tuple[Detector, ...] = (
          # A bare "Bearer <token>" (a header value in a Kubernetes env list, a log line).
          Rule(rb"(?:Bearer|Basic)[ \t]+[A-Za-z0-9\-._~+/]{16}",
               _rx(rb"(?<![A-Za-z])(?:Bearer|Basic)[ \t]+(?P<secret>[A-Za-z0-9\-._~+/]{16,}=*)"),
-              before=0, after=4096)),
+              before=0, after=4096, anchor=0)),
         validator=value_ok,
         priority=25,
     ),
@@ -510,7 +557,8 @@ BUILTIN: tuple[Detector, ...] = (
                      rb"(?<![A-Za-z0-9_\-])--?(?P<key>(?:[A-Za-z0-9]+-){0,4}"
                      rb"(?i:password|passwd|token|secret|api-key))[ \t]+"
                      rb"(?:\"(?P<secret>[^\"\r\n]*)\"|'(?P<secret2>[^'\r\n]*)'"
-                     rb"|(?P<secret3>[^\s\"'`\-][^\s\"'`]*))"),
+                     rb"|(?P<secret3>[^\s\"'`\-][^\s\"'`]*))", anchor=None),
+            _ENV_PAIR,
         ),
         validator=assignment_ok,
         priority=10,

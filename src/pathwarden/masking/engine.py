@@ -3,8 +3,21 @@
 ``engine_for(options)`` compiles every active prefilter (and each configured
 literal) into one Hyperscan block-mode database, once per options value.
 ``mask(data)`` scans the data once; with no hit it returns the very object it
-was given. Each hit is confirmed by its rule's Python regex, searched only in
-a window around the hit (hits of one rule whose windows touch share a search).
+was given. Each hit is confirmed by its rule's Python regex:
+
+* ``key = value`` rules match the value right after the delimiter;
+* anchored rules (``Rule.anchor``: the prefilter fixes where the match
+  begins) match once at that position;
+* the others search a window around the hit, one search for every run of
+  hits whose windows touch.
+
+Per rule, hits inside an earlier match (accepted or rejected by the
+validator) are not confirmed again, so the confirmation work of a call is
+linear in its input: a few bytes handed to ``re`` and the validators per
+input byte, even on input built to defeat it. A hard budget backs this up:
+past ``WORK_PER_BYTE`` bytes per input byte (plus ``WORK_BASE``) the call
+fails closed. ``last_work()`` reports what the last call used.
+
 Confirmed spans that overlap merge into one, named after the most specific
 detector; the spans are then replaced by a marker in one pass.
 
@@ -14,6 +27,7 @@ Anything that raises while masking fails closed: the whole input becomes
 
 from __future__ import annotations
 
+import bisect
 import functools
 import logging
 import re
@@ -43,6 +57,33 @@ MIN_LITERAL_LENGTH = 4
 _NO_TAIL = frozenset({"private-key", "gcp-service-account"})
 #: What ends a key before its value: closing quote, blanks, the delimiter.
 _KEY_TRAIL = b"\"'\\ \t:="
+_BLANKS = frozenset(b" \t\r\n")
+_INDENT = frozenset(b" \t\n")
+#: Confirmation work allowed per call: this many bytes handed to regular
+#: expressions and validators per input byte, plus WORK_BASE. The algorithm
+#: stays far below it (a few bytes per input byte even on adversarial input);
+#: past it the call fails closed.
+WORK_PER_BYTE = 64
+WORK_BASE = 1 << 16
+#: Work charged for each regex or validator call on top of the bytes it examines.
+_CALL_COST = 16
+
+
+class WorkBudgetExceeded(RuntimeError):
+    """Confirmation would examine too many bytes; the input is masked whole."""
+
+
+class _Budget:
+    __slots__ = ("left", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.left = limit
+
+    def spend(self, amount: int) -> None:
+        self.left -= amount
+        if self.left < 0:
+            raise WorkBudgetExceeded
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,18 +293,34 @@ class MaskEngine:
             return [(0, len(data))]
 
     def _analyse(self, data: bytes, hits: list[tuple[int, int, int]]) -> list[_Span]:
-        """Confirm the hits and merge overlapping spans (sorted, disjoint)."""
+        """Confirm the hits and merge overlapping spans (sorted, disjoint).
+
+        Raises :class:`WorkBudgetExceeded` when confirming would examine more
+        than ``WORK_PER_BYTE * len(data) + WORK_BASE`` bytes.
+        """
         n = len(data)
         by_rule: dict[int, list[tuple[int, int]]] = {}
         for rid, s, e in hits:
             by_rule.setdefault(rid, []).append((s, e))
         spans: list[_Span] = []
         nrules = len(self._rules)
-        for rid, rhits in by_rule.items():
-            if rid >= nrules:
-                spans.extend(_Span(s, e, "literal", _LITERAL_PRIORITY, s, e) for s, e in rhits)
-                continue
-            self._confirm(data, n, self._rules[rid], sorted(rhits), spans)
+        budget = _Budget(WORK_PER_BYTE * n + WORK_BASE)
+        try:
+            for rid, rhits in by_rule.items():
+                if rid >= nrules:
+                    spans.extend(_Span(s, e, "literal", _LITERAL_PRIORITY, s, e)
+                                 for s, e in rhits)
+                    continue
+                rhits.sort()
+                cr = self._rules[rid]
+                if cr.rule.key_chars:
+                    self._confirm_assignments(data, n, cr, rhits, spans, budget)
+                elif cr.rule.anchor is not None:
+                    self._confirm_anchored(data, n, cr, rhits, spans, budget)
+                else:
+                    self._confirm_searched(data, n, cr, rhits, spans, budget)
+        finally:
+            self._local.work = getattr(self._local, "work", 0) + budget.limit - budget.left
         if not spans:
             return spans
         spans.sort(key=lambda sp: (sp.start, -sp.end))
@@ -280,89 +337,226 @@ class MaskEngine:
                 merged.append(sp)
         return merged
 
-    def _confirm(self, data: bytes, n: int, cr: _CompiledRule,
-                 hits: list[tuple[int, int]], out: list[_Span]) -> None:
-        if cr.rule.key_chars:
-            self._confirm_assignments(data, n, cr, hits, out)
-            return
+    def last_work(self) -> int:
+        """Bytes the confirmation of the last ``mask`` in this thread handed to
+        regular expressions and validators (the quantity the work budget bounds)."""
+        return int(getattr(self._local, "work", 0))
+
+    def _accept(self, m: re.Match[bytes], cr: _CompiledRule, data: bytes, key: bytes | None,
+                strength: int, budget: _Budget) -> tuple[int, int] | None:
+        """The secret's span in an acceptable match, or None."""
+        for g in cr.secret_groups:
+            ss, se = m.span(g)
+            if ss >= 0:
+                break
+        else:
+            return None
+        if ss == se:
+            return None
+        validator = cr.detector.validator
+        if validator is not None:
+            budget.spend(se - ss + _CALL_COST)
+            if not validator(data[ss:se], key, strength):
+                return None
+        return ss, se
+
+    def _confirm_anchored(self, data: bytes, n: int, cr: _CompiledRule,
+                          hits: list[tuple[int, int]], out: list[_Span],
+                          budget: _Budget) -> None:
+        """Rules whose prefilter fixes the start: one ``match`` per distinct start.
+
+        A hit starting inside an earlier match (accepted or not) is skipped, so
+        every byte is matched by this rule about once.
+        """
         rule, det = cr.rule, cr.detector
-        before, after, search = rule.before, rule.after, rule.confirm.search
-        validator = det.validator
-        done = 0  # hits ending at or before here are inside an accepted match
-        for hs, he in hits:
-            if he <= done:
-                continue
-            pos = max(0, hs - before, done)
-            hi = min(n, he + after)
-            while True:
-                m = search(data, pos, hi)
-                if m is None:
-                    break
-                ms, me = m.span()
-                if ms >= he:
-                    break
-                pos = me if me > ms else ms + 1
-                if me <= hs:
+        offset, after, match = rule.anchor or 0, rule.after, rule.confirm.match
+        has_key, key_strength = cr.has_key, self._key_strength
+        validator, groups, exempt = det.validator, cr.secret_groups, self._exempt_values
+        left = budget.left  # inlined budget.spend
+        skip = 0  # starts below here are decided
+        try:
+            for hs, he in hits:
+                s = hs + offset
+                if s < skip or s < 0:
                     continue
-                for g in cr.secret_groups:
+                skip = s + 1  # hits sharing this start (other ends) are the same attempt
+                hi = he + after
+                m = match(data, s, hi if hi < n else n)
+                if m is None:
+                    left -= he - s + _CALL_COST
+                    continue
+                me = m.end()
+                left -= me - s + _CALL_COST
+                if left < 0:
+                    raise WorkBudgetExceeded
+                if me > s:
+                    skip = me
+                key = None
+                strength = 0
+                if has_key:
+                    key = m.group("key")
+                    strength = 2 if key is None else key_strength(key)
+                    if strength == 0:
+                        continue
+                for g in groups:
                     ss, se = m.span(g)
                     if ss >= 0:
                         break
                 else:
-                    break
+                    continue
                 if ss == se:
-                    break
+                    continue
                 secret = data[ss:se]
-                strength = 0
+                if validator is not None:
+                    left -= se - ss + _CALL_COST
+                    if not validator(secret, key, strength):
+                        continue
+                if secret not in exempt:
+                    out.append(_Span(ss, se, det.name, det.priority, s, me))
+        finally:
+            budget.left = left
+        if left < 0:
+            raise WorkBudgetExceeded
+
+    def _confirm_searched(self, data: bytes, n: int, cr: _CompiledRule,
+                          hits: list[tuple[int, int]], out: list[_Span],
+                          budget: _Budget) -> None:
+        """Rules whose match may start before the hit: one search per run of hits.
+
+        Hits whose start ranges ``[hs - before, he)`` touch form a run; the
+        run is searched left to right once, with ``after`` bytes of room past
+        its last hit. A match that overlaps no hit of the run is passed over,
+        one the validator rejects is searched past its start.
+        """
+        rule, det = cr.rule, cr.detector
+        before, after, search = rule.before, rule.after, rule.confirm.search
+        nh = len(hits)
+        pos = 0  # starts below here are decided
+        i = 0
+        while i < nh:
+            hs, he = hits[i]
+            lo = max(0, hs - before, pos)
+            starts = [hs]
+            reach = [he]  # reach[k]: the furthest end of hits[i..i+k]
+            j = i + 1
+            while j < nh and hits[j][0] - before <= reach[-1]:
+                starts.append(hits[j][0])
+                reach.append(max(reach[-1], hits[j][1]))
+                j += 1
+            i = j
+            top = reach[-1]
+            if lo >= top:
+                continue
+            hi = min(n, top + after)
+            while lo < top:
+                m = search(data, lo, hi)
+                if m is None:
+                    budget.spend(hi - lo + _CALL_COST)
+                    break
+                ms, me = m.span()
+                budget.spend(me - lo + _CALL_COST)
+                if ms >= top:
+                    break
+                k = bisect.bisect_left(starts, me) - 1
+                if k < 0 or reach[k] <= ms:  # overlaps no hit of the run
+                    lo = me if me > ms else ms + 1
+                    continue
                 key = None
+                strength = 0
                 if cr.has_key:
                     key = m.group("key")
                     strength = 2 if key is None else self._key_strength(key)
-                    if strength == 0:
-                        break
-                if validator is not None and not validator(secret, key, strength):
-                    break
-                if secret not in self._exempt_values:
-                    out.append(_Span(ss, se, det.name, det.priority, ms, me))
-                done = me
-                break
+                span = None
+                if not cr.has_key or strength:
+                    span = self._accept(m, cr, data, key, strength, budget)
+                if span is None:
+                    lo = ms + 1
+                    continue
+                if data[span[0]:span[1]] not in self._exempt_values:
+                    out.append(_Span(span[0], span[1], det.name, det.priority, ms, me))
+                lo = me if me > ms else ms + 1
+            pos = max(pos, lo)
 
     def _confirm_assignments(self, data: bytes, n: int, cr: _CompiledRule,
-                             hits: list[tuple[int, int]], out: list[_Span]) -> None:
+                             hits: list[tuple[int, int]], out: list[_Span],
+                             budget: _Budget) -> None:
         """``key = value`` hits: the key is the run of key bytes ending in the hit,
-        the confirmation is anchored right after the delimiter."""
+        the confirmation is anchored right after the delimiter.
+
+        A hit inside an earlier value (accepted or not) is skipped. An env-style
+        ``KEY=value`` (the key starts a line or follows a blank) or a ``key:``
+        starting a line uses ``rule.line_confirm``, whose unquoted value runs to
+        the first blank.
+        """
         rule, det = cr.rule, cr.detector
-        before, after, match, key_chars = rule.before, rule.after, rule.confirm.match, \
-            rule.key_chars
-        validator = det.validator
-        groups = cr.secret_groups
+        before, after, key_chars = rule.before, rule.after, rule.key_chars
+        match = rule.confirm.match
+        line_match = rule.line_confirm.match if rule.line_confirm is not None else match
+        validator, groups, exempt = det.validator, cr.secret_groups, self._exempt_values
+        key_strength, line_style = self._key_strength, self._line_style
+        left = budget.left  # inlined budget.spend: this loop runs once per keyword hit
         done = 0
-        for hs, he in hits:
-            if he <= done:
-                continue
-            lo = max(0, hs - before, done)
-            ks = lo + len(data[lo:hs].rstrip(key_chars))
-            key = data[ks:he].rstrip(_KEY_TRAIL)
-            strength = self._key_strength(key)
-            if not strength:
-                continue
-            m = match(data, he, min(n, he + after))
-            if m is None:
-                continue
-            for g in groups:
-                ss, se = m.span(g)
-                if ss >= 0:
-                    break
-            else:
-                continue
-            if ss == se:
-                continue
-            secret = data[ss:se]
-            if validator is not None and not validator(secret, key, strength):
-                continue
-            if secret not in self._exempt_values:
-                out.append(_Span(ss, se, det.name, det.priority, ks, m.end()))
-            done = m.end()
+        try:
+            for hs, he in hits:
+                if he <= done:
+                    continue
+                lo = hs - before
+                if lo < done:
+                    lo = done
+                elif lo < 0:
+                    lo = 0
+                ks = lo + len(data[lo:hs].rstrip(key_chars))
+                key = data[ks:he].rstrip(_KEY_TRAIL)
+                strength = key_strength(key)
+                left -= he - ks + _CALL_COST
+                if not strength:
+                    continue
+                hi = he + after
+                m = (line_match if line_style(data, ks, he, n) else match)(
+                    data, he, hi if hi < n else n)
+                if m is None:
+                    continue
+                me = m.end()
+                left -= me - he
+                if left < 0:
+                    raise WorkBudgetExceeded
+                if me > he:
+                    done = me
+                for g in groups:
+                    ss, se = m.span(g)
+                    if ss >= 0:
+                        break
+                else:
+                    continue
+                if ss == se:
+                    continue
+                secret = data[ss:se]
+                left -= se - ss + _CALL_COST
+                if validator is not None and not validator(secret, key, strength):
+                    continue
+                if secret not in exempt:
+                    out.append(_Span(ss, se, det.name, det.priority, ks, me))
+        finally:
+            budget.left = left
+        if left < 0:
+            raise WorkBudgetExceeded
+
+    @staticmethod
+    def _line_style(data: bytes, ks: int, he: int, n: int) -> bool:
+        """``KEY=value`` starting a line or after a blank (``export KEY=...``), or a
+        ``key: value`` starting a line (after indentation and a list dash)."""
+        delim = data[he - 1]
+        if delim == 0x3D:  # "="
+            if he < n and data[he] == 0x3E:  # "=>": a hash literal, not env
+                return False
+            return ks == 0 or data[ks - 1] in _BLANKS
+        if delim != 0x3A or (ks and data[ks - 1] not in _INDENT):  # ":"
+            return False
+        head = data[max(0, ks - 64):ks]
+        nl = head.rfind(b"\n")
+        if nl < 0 and ks > 64:
+            return False
+        return head[nl + 1:].strip(b" \t\r") in (b"", b"-")
 
     # ---------------------------------------------------------- replacing
 
@@ -387,6 +581,7 @@ class MaskEngine:
         return b"".join(pieces), counts
 
     def _mask(self, data: bytes) -> MaskResult:
+        self._local.work = 0
         hits = self._scan(data)
         if not hits:
             return MaskResult(data, _EMPTY)

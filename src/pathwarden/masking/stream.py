@@ -1,9 +1,12 @@
 """Masking output that arrives in pieces, with a bounded hold-back.
 
 No detector's confirmation crosses a line break except a PEM private-key
-body, so whole lines can be masked and released as soon as their newline
-arrives: ``feed`` releases everything up to the last newline that is not
-inside an open ``-----BEGIN ... PRIVATE KEY-----`` block and holds the rest.
+body and a Kubernetes env pair (``- name: DB_PASSWORD`` then ``value: ...``
+on the next line), so whole lines can be masked and released as soon as
+their newline arrives: ``feed`` releases everything up to the last newline
+that is not inside an open ``-----BEGIN ... PRIVATE KEY-----`` block and
+holds the rest; when the last complete line is a ``name:`` line with a
+sensitive key, it is held too, until the line after it is complete.
 
 Two bounds keep memory flat:
 
@@ -29,7 +32,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from pathwarden.masking.detectors import PEM_BEGIN, PEM_BODY
+from pathwarden.masking.detectors import ENV_NAME, PEM_BEGIN, PEM_BODY
 
 if TYPE_CHECKING:
     from pathwarden.masking.engine import MaskEngine, _Span
@@ -41,6 +44,8 @@ _BODY_RX = re.compile(PEM_BODY)
 # What an over-long block's body may hold while it is dropped: a superset of PEM_BODY.
 _SWALLOW_RX = re.compile(rb"(?:(?!-----END)[A-Za-z0-9+/=\s\\:,.\-])*")
 _END_PREFIX = b"-----END"
+# A complete line that may be the first half of a name/value pair.
+_NAME_LINE_RX = re.compile(rb"(?<![A-Za-z0-9_\-])" + ENV_NAME + rb"\r?\n")
 _PEM_DETECTORS = frozenset({"private-key", "gcp-service-account"})
 #: An open block's body may stop this close to the end of the held data (a
 #: partial ``-----END ... PRIVATE KEY-----`` line) and still count as open.
@@ -59,6 +64,7 @@ class StreamMasker:
         self._buf = b""
         self._swallow = False
         self._pem = bool(_PEM_DETECTORS & set(engine.detector_names))
+        self._pairs = "generic-assignment" in engine.detector_names
         self._counts: dict[str, int] = {}
 
     @property
@@ -120,6 +126,8 @@ class StreamMasker:
             open_at = self._open_block(buf)
             limit = len(buf) if open_at < 0 else open_at
             cut = buf.rfind(b"\n", 0, limit) + 1
+            if cut and self._pairs:
+                cut = self._hold_name_line(buf, cut)
             if cut:
                 out.append(self._mask(buf[:cut]))
                 buf = buf[cut:]
@@ -142,6 +150,19 @@ class StreamMasker:
             break
         self._buf = buf
         return b"".join(out)
+
+    def _hold_name_line(self, buf: bytes, cut: int) -> int:
+        """``cut``, or the start of the line ending there when it is the ``name:``
+        half of a name/value pair whose value line is not complete yet."""
+        lo = max(0, cut - 1 - 512)
+        start = buf.rfind(b"\n", lo, cut - 1) + 1
+        if (not start and lo) or b"name" not in buf[start:cut]:
+            return cut
+        m = _NAME_LINE_RX.search(buf, start, cut)
+        if m is None or m.end() != cut:
+            return cut
+        key = m.group("key").decode("utf-8", "surrogateescape")
+        return start if self._engine.is_sensitive_key(key) else cut
 
     def _open_block(self, buf: bytes) -> int:
         """Where an unterminated private-key block starts in ``buf``, or -1."""
