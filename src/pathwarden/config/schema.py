@@ -40,6 +40,7 @@ from pathwarden.config.durations import (
     parse_duration,
 )
 from pathwarden.config.masking import MaskingSettings
+from pathwarden.config.names import Name
 from pathwarden.config.recording import RecordingSettings
 from pathwarden.config.secrets import Secret
 from pathwarden.config.trust import TrustIssuer
@@ -63,19 +64,6 @@ __all__ = [
     "split_host_port",
 ]
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
-
-
-def _check_name(value: str) -> str:
-    if not _NAME.fullmatch(value):
-        raise PydanticCustomError(
-            "name",
-            "invalid name '{name}': use 1-63 letters, digits, '_', '.' or '-', "
-            "starting with a letter or digit",
-            {"name": value},
-        )
-    return value
-
 
 def _resolve_path(value: Path, info: ValidationInfo) -> Path:
     value = value.expanduser()
@@ -85,9 +73,6 @@ def _resolve_path(value: Path, info: ValidationInfo) -> Path:
     return value
 
 
-#: A name used as a YAML key and on the wire (dbname / user): at most 63 characters
-#: because PostgreSQL truncates identifiers there.
-Name = Annotated[str, AfterValidator(_check_name)]
 #: A filesystem path, relative ones resolved against the config file's directory.
 ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
 # strict: YAML already yields ints, and `true` silently becoming 1 hides a mistake.
@@ -123,58 +108,45 @@ class ListenerTls(_Model):
     key_file: ConfigPath
 
 
-class ListenerConfig(_Model):
-    """One socket the gateway accepts clients on."""
+class _Socket(_Model):
+    """Where a gateway endpoint listens, and how clients must protect their token."""
+
+    bind: str
+    # None: a self-signed certificate generated in data_dir (shared by every endpoint).
+    tls: ListenerTls | None = None
+    require_tls: bool = True
+    # Lets CI jobs on the gateway's own host go without TLS; the token then crosses
+    # only the loopback interface.
+    allow_plaintext_loopback: bool = False
+
+    @field_validator("bind")
+    @classmethod
+    def _check_bind(cls, value: str) -> str:
+        return _checked_bind(value)
+
+    @property
+    def host(self) -> str:
+        """The address to bind, without IPv6 brackets."""
+        return split_host_port(self.bind)[0]
+
+    @property
+    def port(self) -> int:
+        return split_host_port(self.bind)[1]
+
+
+class ListenerConfig(_Socket):
+    """One socket the gateway accepts PostgreSQL clients on."""
 
     name: Name
     protocol: Literal["postgres"]
     bind: str = "127.0.0.1:15432"
-    # None: a self-signed certificate generated in data_dir.
-    tls: ListenerTls | None = None
-    require_tls: bool = True
-    # Lets CI jobs on the gateway's own host use `sslmode=disable`; the token then
-    # crosses only the loopback interface.
-    allow_plaintext_loopback: bool = False
-
-    @field_validator("bind")
-    @classmethod
-    def _check_bind(cls, value: str) -> str:
-        return _checked_bind(value)
-
-    @property
-    def host(self) -> str:
-        """The address to bind, without IPv6 brackets."""
-        return split_host_port(self.bind)[0]
-
-    @property
-    def port(self) -> int:
-        return split_host_port(self.bind)[1]
 
 
-class ApiSettings(_Model):
+class ApiSettings(_Socket):
     """The HTTP API (token exchange, whoami, token administration)."""
 
     enabled: bool = True
     bind: str = "127.0.0.1:15480"
-    # None: the self-signed certificate the PostgreSQL listeners use (data_dir/tls).
-    tls: ListenerTls | None = None
-    require_tls: bool = True
-    # Plain HTTP is then accepted from loopback clients (the gateway's own host).
-    allow_plaintext_loopback: bool = False
-
-    @field_validator("bind")
-    @classmethod
-    def _check_bind(cls, value: str) -> str:
-        return _checked_bind(value)
-
-    @property
-    def host(self) -> str:
-        """The address to bind, without IPv6 brackets."""
-        return split_host_port(self.bind)[0]
-
-    @property
-    def port(self) -> int:
-        return split_host_port(self.bind)[1]
 
 
 def _checked_bind(value: str) -> str:

@@ -30,7 +30,6 @@ so that the configuration schema can import it.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from fnmatch import fnmatchcase
@@ -41,6 +40,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic_core import PydanticCustomError
 
 from pathwarden.config.durations import Duration
+from pathwarden.config.names import Name
 
 __all__ = [
     "ALLOWED_ALGORITHMS",
@@ -115,7 +115,6 @@ _OWNER_CLAIMS: Mapping[Provider, tuple[str, ...]] = {
     "gitlab": ("project_path", "namespace_path", "project_id", "namespace_id"),
 }
 _GLOB_CHARS = frozenset("*?[")
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
@@ -141,17 +140,6 @@ def _condition_matches(expected: str | Sequence[str], actual: str) -> bool:
 
 
 # -- config models --------------------------------------------------------------------
-
-
-def _check_name(value: str) -> str:
-    if not _NAME.fullmatch(value):
-        raise PydanticCustomError(
-            "name",
-            "invalid name '{name}': use 1-63 letters, digits, '_', '.' or '-', "
-            "starting with a letter or digit",
-            {"name": value},
-        )
-    return value
 
 
 def url_problem(url: str) -> str | None:
@@ -218,7 +206,6 @@ def _check_when(value: dict[str, str | list[str]]) -> dict[str, str | list[str]]
     return value
 
 
-Name = Annotated[str, AfterValidator(_check_name)]
 Url = Annotated[str, AfterValidator(_check_url)]
 Conditions = Annotated[
     dict[str, str | list[str]],
