@@ -1,4 +1,4 @@
-"""The HTTP API: token exchange for CI jobs, whoami, and token administration.
+"""The HTTP API: token exchange for CI jobs, whoami, token administration, recordings.
 
 Theory of operation: :func:`create_app` builds a FastAPI application over a
 running :class:`~pathwarden.proxy.gateway.Gateway` and reads the gateway's
@@ -17,14 +17,19 @@ name tokens by ``token_ref`` only. Store failures answer 503 and do not count.
 
 # No ``from __future__ import annotations``: FastAPI reads the endpoints'
 # annotations at run time, and they name dependencies local to create_app.
+import asyncio
 import logging
 import math
+import tempfile
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Annotated, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import jwt
 from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Path as Path_
+from fastapi.responses import JSONResponse, Response
 
 from pathwarden.api.errors import ApiError, error_response, install_handlers
 from pathwarden.api.schemas import (
@@ -40,10 +45,13 @@ from pathwarden.config import format_duration, parse_duration
 from pathwarden.identity.authenticate import AuthError, BearerGrant, IssueError
 from pathwarden.identity.oidc import ExchangeError
 from pathwarden.identity.ratelimit import retry_message
-from pathwarden.store import AmbiguousPrefix, NotFound, StoreError
+from pathwarden.recording import Recording, RecordingError, RecordingNotFound, read_recording
+from pathwarden.recording.export import event_dict, event_line
+from pathwarden.store import AmbiguousPrefix, NotFound, RecordingRow, StoreError
 
 if TYPE_CHECKING:
     from pathwarden.proxy.gateway import Gateway
+    from pathwarden.proxy.recorder import Recorder
 
 __all__ = ["MAX_BODY", "create_app"]
 
@@ -246,7 +254,75 @@ def create_app(gateway: "Gateway") -> FastAPI:
         info = TokenInfo.of(record, datetime.now(UTC)).model_dump()
         return {**info, "sessions_ended": ended}
 
+    @app.get("/v1/sessions/{session_id}/events")
+    async def session_events(
+        session_id: Annotated[str, Path_(max_length=128)],
+        request: Request,
+        grant: Annotated[BearerGrant, Depends(admin)],
+        after_seq: Annotated[int, Query(ge=-1)] = -1,
+        format: Annotated[Literal["json", "jsonl"] | None, Query()] = None,
+    ) -> Response:
+        recorder = gateway.recorder
+        if recorder is None:
+            raise ApiError(404, "recording_disabled",
+                           "this gateway does not record sessions (recording.enabled is false)")
+        try:
+            found = await gateway.store.get_session(session_id)
+            live_ids = {s.record.id for s in gateway.sessions}
+            sid = found.id if found is not None else (
+                session_id if session_id in live_ids else None)
+            if sid is None:
+                raise ApiError(404, "unknown_session", f"no session {session_id!r}")
+            row = await gateway.store.get_recording(sid)
+        except AmbiguousPrefix as exc:
+            raise ApiError(409, "ambiguous_id", str(exc)) from None
+        except StoreError as exc:
+            raise _store_unavailable("looking up a recording", exc) from None
+        try:
+            recording, live = await asyncio.to_thread(_read_session_recording, recorder, sid, row)
+        except RecordingNotFound as exc:
+            log.error("API: the recording of session %s is missing: %s", sid, exc)
+            raise ApiError(404, "recording_missing",
+                           f"the recording of session {sid} is missing from the recording "
+                           "storage; run: pathwarden audit verify") from None
+        except RecordingError as exc:
+            log.error("API: the recording of session %s cannot be read: %s", sid, exc)
+            raise ApiError(503, "storage_unavailable",
+                           "the recording storage is unavailable; retry in a moment",
+                           {"Retry-After": "5"}) from None
+        if recording is None:
+            raise ApiError(404, "no_recording",
+                           f"session {sid} has no recording (it was not recorded, or it has "
+                           "just ended and is being stored: retry in a moment)")
+        events = [e for e in recording.events if e.seq > after_seq]
+        headers = {"X-Pathwarden-Session": sid,
+                   "X-Pathwarden-Recording": "live" if live else "finished",
+                   "X-Pathwarden-Complete": "true" if recording.complete else "false"}
+        accept = request.headers.get("accept", "")
+        if format == "jsonl" or (format is None and "application/x-ndjson" in accept):
+            body = "".join(event_line(e) + "\n" for e in events)
+            return Response(body, media_type="application/x-ndjson", headers=headers)
+        return JSONResponse([event_dict(e) for e in events], headers=headers)
+
     return app
+
+
+def _read_session_recording(
+    recorder: "Recorder", session_id: str, row: RecordingRow | None,
+) -> tuple[Recording | None, bool]:
+    """A session's recording (from the storage, or its live file) and whether it is live."""
+    if row is not None:
+        data = recorder.storage.get(row.location)
+        with tempfile.TemporaryDirectory(prefix="pathwarden-") as tmp:
+            path = Path(tmp) / "recording.pwrec.gz"
+            path.write_bytes(data)
+            return read_recording(path), False
+    for name, live in ((f"{session_id}.pwrec", True), (f"{session_id}.pwrec.gz", False)):
+        try:
+            return read_recording(recorder.live_dir / name), live
+        except FileNotFoundError:
+            continue
+    return None, False
 
 
 def _ttl(text: str | None) -> timedelta | None:

@@ -23,6 +23,7 @@ from rich.table import Table
 from .. import __version__
 from ..config import ConfigError, GatewayConfig, format_duration, parse_duration
 from ..store import Store, StoreError, open_store, store_url_for
+from .audit_cmd import audit_app, replay_command
 from .common import err, fail, load
 from .connect_cmd import connect_command
 from .mask_cmd import mask_command
@@ -43,6 +44,8 @@ app.add_typer(token_app, name="token")
 app.add_typer(sessions_app, name="sessions")
 app.add_typer(config_app, name="config")
 app.add_typer(policy_app, name="policy")
+app.add_typer(audit_app, name="audit")
+app.command("replay")(replay_command)
 app.command("mask")(mask_command)
 app.command("login")(login_command)
 app.command("exec")(exec_command)
