@@ -120,7 +120,7 @@ def test_opening_twice_is_idempotent_and_tables_match_the_migrations(store_url: 
                 assert {index.name for index in table.indexes} <= indexes, table.name
     finally:
         engine.dispose()
-    assert version == [("0003",)]
+    assert version == [("0004",)]
 
 
 def test_concurrent_first_opens_do_not_race(store_url: str) -> None:

@@ -21,6 +21,15 @@ from typing import TYPE_CHECKING, Protocol
 from pathwarden.model import SessionRecord, StatementRecord
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from pathwarden.approvals.model import (
+        ApprovalChange,
+        ApprovalRequest,
+        Grant,
+        RequestKind,
+        RequestState,
+    )
     from pathwarden.store.recordings import RecordingRow
 
 __all__ = [
@@ -163,3 +172,50 @@ class Store(Protocol):
     async def prune(self, gateway_id: str, up_to: int, checkpoint: str,
                     session_ids: Sequence[str]) -> None:
         """Drop a chain's oldest entries and their sessions; store the checkpoint."""
+
+    # -- approvals (see store/approvals.py) ---------------------------------------------
+
+    def approvals_listen_url(self) -> str | None:
+        """A libpq URL for a LISTEN connection (PostgreSQL), None on SQLite."""
+
+    async def create_approval(
+        self, request: ApprovalRequest,
+        expire: Callable[[ApprovalRequest], ApprovalChange | None],
+    ) -> tuple[ApprovalRequest, bool]:
+        """Store a new request, or return the pending twin of an operation request."""
+
+    async def change_approval(
+        self, request_id: int, change: Callable[[ApprovalRequest], ApprovalChange | None],
+    ) -> ApprovalRequest:
+        """Apply ``change`` to the request while holding it; raises NotFound."""
+
+    async def sweep_approvals(
+        self, now: datetime, expire: Callable[[ApprovalRequest], ApprovalChange | None],
+    ) -> list[int]:
+        """Pass requests past ``expires_at`` to ``expire``; the ids it changed."""
+
+    async def consume_approval(
+        self, requester: str, connection: str, statement_hash: str, now: datetime,
+        request_id: int | None = None,
+    ) -> ApprovalRequest | None:
+        """Use one approved one-time approval for this statement; exactly one caller wins."""
+
+    async def get_approval(self, request_id: int) -> ApprovalRequest | None:
+        """One request with its votes and notifications."""
+
+    async def list_approvals(
+        self, *, state: RequestState | None = None, requester: str | None = None,
+        connection: str | None = None, kind: RequestKind | None = None, limit: int = 200,
+    ) -> list[ApprovalRequest]:
+        """Requests newest first, filtered."""
+
+    async def list_grants(
+        self, *, identity: str | None = None, connection: str | None = None,
+        active_at: datetime | None = None,
+    ) -> list[Grant]:
+        """Grants newest first; with ``active_at``, only those in force then."""
+
+    async def record_approval_notification(
+        self, request_id: int, channel: str, ok: bool, error: str | None, at: datetime,
+    ) -> None:
+        """Count one attempt to notify ``channel`` about a request, and its outcome."""

@@ -45,6 +45,7 @@ from sqlalchemy.pool import StaticPool
 
 from pathwarden.config import GatewayConfig
 from pathwarden.model import SessionRecord, StatementRecord
+from pathwarden.store.approvals import ApprovalIndex
 from pathwarden.store.base import (
     MIN_PREFIX,
     AmbiguousPrefix,
@@ -192,7 +193,7 @@ def _sqlite_on_begin(connection: Connection) -> None:
     connection.exec_driver_sql(f"BEGIN {mode}")
 
 
-class SqlStore(RecordingIndex):
+class SqlStore(RecordingIndex, ApprovalIndex):
     """The store on SQLite or PostgreSQL; create it with :func:`open_store`."""
 
     def __init__(self, engine: AsyncEngine, target: _Target) -> None:

@@ -184,3 +184,112 @@ audit_checkpoints = Table(
     Column("signed", Text(), nullable=False),
 )
 
+
+# -- approvals (see store/approvals.py) ------------------------------------------------
+
+# One row per approval request; ids are a sequence people type (`pathwarden
+# approve 17`), never reused (AUTOINCREMENT on SQLite).
+approval_requests = Table(
+    "approval_requests",
+    metadata,
+    Column("id", Integer(), primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("requester", String(63), nullable=False),
+    Column("requester_groups", JSON(), nullable=False),
+    Column("requester_claims", JSON(), nullable=False),
+    Column("connection", String(63), nullable=False),
+    Column("reason", Text(), nullable=False),
+    Column("policy", String(255), nullable=True),
+    # kind "operation": the exact operation approved.
+    Column("text", Text(), nullable=True),
+    Column("statement_hash", String(64), nullable=True),
+    Column("action", String(32), nullable=True),
+    Column("kinds", JSON(), nullable=True),
+    Column("rule", String(255), nullable=True),
+    Column("decision_reason", Text(), nullable=True),
+    Column("session_id", String(64), nullable=True),
+    Column("seq", Integer(), nullable=True),
+    # kind "grant": what and for how long (microseconds, capped by max_grant).
+    Column("scope_actions", JSON(), nullable=True),
+    Column("scope_resources", JSON(), nullable=True),
+    Column("duration_us", BigInteger(), nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False),
+    Column("decided_at", UtcDateTime(), nullable=True),
+    Column("decided_by", String(63), nullable=True),
+    Column("outcome", Text(), nullable=False),
+    Column("used_at", UtcDateTime(), nullable=True),
+    Index("ix_approval_requests_state", "state", "expires_at"),
+    Index("ix_approval_requests_requester", "requester", "connection"),
+    sqlite_autoincrement=True,
+)
+
+# At most one pending request per identity, connection and statement: a retry
+# finds the request its first attempt made, even when both race.
+Index(
+    "uq_approval_requests_pending",
+    approval_requests.c.requester,
+    approval_requests.c.connection,
+    approval_requests.c.statement_hash,
+    unique=True,
+    sqlite_where=approval_requests.c.state == "pending",
+    postgresql_where=approval_requests.c.state == "pending",
+)
+
+approval_votes = Table(
+    "approval_votes",
+    metadata,
+    Column(
+        "request_id",
+        Integer(),
+        ForeignKey("approval_requests.id", ondelete="CASCADE",
+                   name="fk_approval_votes_request_id"),
+        primary_key=True,
+    ),
+    # One vote per approver and request, even when an approver's two clicks race.
+    Column("approver", String(63), primary_key=True),
+    Column("approve", Boolean(), nullable=False),
+    Column("comment", Text(), nullable=False),
+    Column("groups", JSON(), nullable=False),
+    Column("at", UtcDateTime(), nullable=False),
+)
+
+approval_grants = Table(
+    "approval_grants",
+    metadata,
+    Column("id", Integer(), primary_key=True, autoincrement=True),
+    Column(
+        "request_id",
+        Integer(),
+        ForeignKey("approval_requests.id", ondelete="CASCADE",
+                   name="fk_approval_grants_request_id"),
+        nullable=False,
+    ),
+    Column("identity", String(63), nullable=False),
+    Column("connection", String(63), nullable=False),
+    Column("actions", JSON(), nullable=False),
+    Column("resources", JSON(), nullable=False),
+    Column("starts_at", UtcDateTime(), nullable=False),
+    Column("ends_at", UtcDateTime(), nullable=False),
+    UniqueConstraint("request_id", name="uq_approval_grants_request"),
+    Index("ix_approval_grants_holder", "identity", "connection", "ends_at"),
+    sqlite_autoincrement=True,
+)
+
+approval_notifications = Table(
+    "approval_notifications",
+    metadata,
+    Column(
+        "request_id",
+        Integer(),
+        ForeignKey("approval_requests.id", ondelete="CASCADE",
+                   name="fk_approval_notifications_request_id"),
+        primary_key=True,
+    ),
+    Column("channel", String(63), primary_key=True),
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer(), nullable=False),
+    Column("last_error", Text(), nullable=True),
+    Column("updated_at", UtcDateTime(), nullable=False),
+)
