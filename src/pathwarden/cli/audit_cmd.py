@@ -20,7 +20,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,7 +32,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..config import ConfigError, GatewayConfig, parse_duration
+from ..config import GatewayConfig, parse_duration
 from ..model import SessionRecord, Verdict
 from ..proxy.recorder import recording_root, storage_for
 from ..recording import (
@@ -54,8 +54,8 @@ from ..recording import (
 )
 from ..recording.errors import RecordingFormatError
 from ..recording.export import event_line, statement_line
-from ..store import RecordingRow, SqlStore, Store, StoreError, open_store, store_url_for
-from .common import err, fail, load
+from ..store import RecordingRow, SqlStore, Store, StoreError
+from .common import DEFAULT_CONFIG, ConfigOpt, err, fail, load, with_store
 
 T = TypeVar("T")
 
@@ -63,27 +63,11 @@ audit_app = typer.Typer(no_args_is_help=True,
                         help="Export, verify and prune the audit trail and its recordings.")
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
-ConfigOpt = Annotated[Path, typer.Option(
-    "--config", "-c", envvar="PATHWARDEN_CONFIG", help="Gateway configuration file.",
-    show_default=True)]
-DEFAULT_CONFIG = Path("pathwarden.yaml")
 _PAGE = 200  # sessions per store query in an export
 _PROGRESS_FROM = 20  # verify shows progress on a terminal from this many recordings
 _VERDICT_WORD = {"allow": "ALLOW", "deny": "DENY", "approval": "APPROVE", "approve": "APPROVE"}
 
 
-def _run(config: GatewayConfig, fn: Callable[[Store], Awaitable[T]]) -> T:
-    async def go() -> T:
-        store = await open_store(store_url_for(config))
-        try:
-            return await fn(store)
-        finally:
-            await store.close()
-
-    try:
-        return asyncio.run(go())
-    except (StoreError, ConfigError) as exc:
-        raise fail(str(exc)) from None
 
 
 def _moment(value: str | None, option: str) -> datetime | None:
@@ -144,7 +128,7 @@ def _locate(cfg: GatewayConfig, rec: _Recordings, session: str
             return (session, row) if row is not None else (None, None)
         return sid, await store.get_recording(sid)
 
-    sid, row = _run(cfg, go)
+    sid, row = with_store(cfg, go)
     if sid is None:
         raise fail(f"no session {session!r}; list them with: pathwarden sessions list")
     return sid, row
@@ -388,7 +372,7 @@ def _wait_and_replay_stored(cfg: GatewayConfig, rec: _Recordings, sid: str,
             await asyncio.sleep(0.1)
         return None
 
-    row = _run(cfg, indexed)
+    row = with_store(cfg, indexed)
     if row is None:
         raise fail(f"session {sid} ended but its recording is not stored yet; retry with: "
                    f"pathwarden replay {sid}")
@@ -485,14 +469,14 @@ def audit_export(
         return count
 
     if output is None:
-        count = _run(cfg, lambda store: go(store, sys.stdout))
+        count = with_store(cfg, lambda store: go(store, sys.stdout))
     else:
         try:
             fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise fail(f"--output {output}: {exc.strerror}") from None
         with open(fd, "w", encoding="utf-8") as sink:
-            count = _run(cfg, lambda store: go(store, sink))
+            count = with_store(cfg, lambda store: go(store, sink))
         err.print(f"{count} statement(s) written to {output}", markup=False)
 
 
@@ -526,7 +510,7 @@ def _load_chains(cfg: GatewayConfig, session: str | None
         return [_Chain(g, rows, heads.get(g), checkpoints.get(g))
                 for g, rows in sorted(by_gateway.items())], None
 
-    return _run(cfg, go)
+    return with_store(cfg, go)
 
 
 def _public_key(cfg: GatewayConfig) -> Any:
@@ -713,7 +697,7 @@ def audit_prune(
             done.append((gateway, cut))
         return done
 
-    pruned = _run(cfg, go)
+    pruned = with_store(cfg, go)
     verb = "would remove" if dry_run else "removed"
     if not pruned:
         out.print(f"nothing to prune: no session ended before {cutoff:%Y-%m-%d %H:%M:%S}Z",

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
 
 from ..config import ConfigError, GatewayConfig, load_config
+from ..store import Store, StoreError, open_store, store_url_for
+
+T = TypeVar("T")
+
+ConfigOpt = Annotated[
+    Path,
+    typer.Option("--config", "-c", envvar="PATHWARDEN_CONFIG",
+                 help="Gateway configuration file.", show_default=True),
+]
+DEFAULT_CONFIG = Path("pathwarden.yaml")
 
 EXIT_USAGE = 2
 # soft_wrap: an error line is never broken, whatever the terminal (or CI log) width.
@@ -26,3 +39,18 @@ def load(path: Path) -> GatewayConfig:
         return load_config(path)
     except ConfigError as exc:
         raise fail(str(exc), EXIT_USAGE) from None
+
+
+def with_store(config: GatewayConfig, fn: Callable[[Store], Awaitable[T]]) -> T:
+    """Run ``fn`` with the configuration's store open; exit 1 on store errors."""
+    async def go() -> T:
+        store = await open_store(store_url_for(config))
+        try:
+            return await fn(store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(go())
+    except (StoreError, ConfigError) as exc:
+        raise fail(str(exc)) from None

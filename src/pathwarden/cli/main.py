@@ -7,11 +7,9 @@ table); progress and errors go to stderr with a non-zero exit status.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, TypeVar
@@ -21,10 +19,10 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import __version__
-from ..config import ConfigError, GatewayConfig, format_duration, parse_duration
-from ..store import Store, StoreError, open_store, store_url_for
+from ..config import ConfigError, format_duration, parse_duration
+from ..store import Store, StoreError
 from .audit_cmd import audit_app, replay_command
-from .common import err, fail, load
+from .common import DEFAULT_CONFIG, ConfigOpt, err, fail, load, with_store
 from .connect_cmd import connect_command
 from .mask_cmd import mask_command
 from .pipeline_cmd import exec_command, login_command
@@ -54,30 +52,12 @@ app.command("connect")(connect_command)
 # Pipelines read this output from logs: don't squeeze tables into 80 columns there.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
-ConfigOpt = Annotated[
-    Path,
-    typer.Option("--config", "-c", envvar="PATHWARDEN_CONFIG",
-                 help="Gateway configuration file.", show_default=True),
-]
-DEFAULT_CONFIG = Path("pathwarden.yaml")
 
 
 _fail = fail
 _load = load
 
 
-def _with_store(config: GatewayConfig, fn: Callable[[Store], Awaitable[T]]) -> T:
-    async def go() -> T:
-        store = await open_store(store_url_for(config))
-        try:
-            return await fn(store)
-        finally:
-            await store.close()
-
-    try:
-        return asyncio.run(go())
-    except (StoreError, ConfigError) as exc:
-        raise _fail(str(exc)) from None
 
 
 def _setup_logging(level: str) -> None:
@@ -151,7 +131,7 @@ def token_issue(
         return await auth.issue_token(identity, lifetime, tuple(connection) if connection else None)
 
     try:
-        issued = _with_store(cfg, go)
+        issued = with_store(cfg, go)
     except (AuthError, IssueError) as exc:
         raise _fail(str(exc)) from None
     from ..identity import IssuedToken
@@ -172,7 +152,7 @@ def token_list(
 ) -> None:
     """List issued tokens (metadata only; tokens themselves are never stored)."""
     cfg = _load(config)
-    tokens = _with_store(cfg, lambda s: s.list_tokens(identity, include_expired=all_))
+    tokens = with_store(cfg, lambda s: s.list_tokens(identity, include_expired=all_))
     now = datetime.now(UTC)
     table = Table("ref", "identity", "issued", "expires", "scope", "state")
     for t in tokens:
@@ -192,7 +172,7 @@ def token_revoke(
 ) -> None:
     """Revoke a token: new connections with it are refused at once."""
     cfg = _load(config)
-    rec = _with_store(cfg, lambda s: s.revoke_token(ref, reason))
+    rec = with_store(cfg, lambda s: s.revoke_token(ref, reason))
     assert rec.revoked_at is not None
     out.print(f"revoked token {rec.token_ref} of {rec.identity} "
               f"(at {rec.revoked_at:%Y-%m-%d %H:%M:%S}Z)")
@@ -233,7 +213,7 @@ def sessions_list(
         counts = await store.statement_counts([r.id for r in rows])
         return list(rows), counts
 
-    rows, counts = _with_store(cfg, go)
+    rows, counts = with_store(cfg, go)
     table = Table("session", "identity", "connection", "client", "started", "duration",
                   "stmts", "in/out bytes", "end")
     from ..model import SessionRecord
@@ -261,7 +241,7 @@ def sessions_show(
             return None, []
         return rec, list(await store.list_statements(rec.id))
 
-    rec, statements = _with_store(cfg, go)
+    rec, statements = with_store(cfg, go)
     if rec is None:
         raise _fail(f"no session {session_id!r}; list them with: pathwarden sessions list")
     from ..model import SessionRecord, StatementRecord

@@ -36,7 +36,7 @@ from ..config import GatewayConfig
 from ..model import ConnectionRef, Identity, Operation, Protocol, Verdict
 from ..policy.engine import Explanation, PolicyEngine
 from ..policy.rules import ACTION_CLASSES, ACTION_FLAGS, CONDITION_KEYS
-from .common import EXIT_USAGE, fail, load
+from .common import DEFAULT_CONFIG, EXIT_USAGE, ConfigOpt, fail, load
 
 if TYPE_CHECKING:
     from ..policy.sql import SqlContext
@@ -58,14 +58,6 @@ policy_app = typer.Typer(
 
 #: Exit status of `policy check` per verdict.
 EXIT_CODES: Mapping[Verdict, int] = {Verdict.ALLOW: 0, Verdict.DENY: 1, Verdict.APPROVE: 3}
-
-ConfigOpt = Annotated[
-    Path,
-    typer.Option("--config", "-c", envvar="PATHWARDEN_CONFIG", help="Gateway configuration file.",
-                 show_default=True),
-]
-DEFAULT_CONFIG = Path("pathwarden.yaml")
-
 
 class UsageError(Exception):
     """A problem with the command line or its inputs (exit status 2)."""
