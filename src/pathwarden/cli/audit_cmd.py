@@ -658,15 +658,25 @@ def audit_prune(
     older_than: Annotated[str | None, typer.Option(
         help="Remove sessions that ended longer ago than this (default: recording.retention)."
     )] = None,
+    before: Annotated[str | None, typer.Option(
+        help="Remove sessions that ended before this date/time (ISO 8601, UTC unless it "
+             "says otherwise), instead of --older-than.")] = None,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Show what would be removed, remove nothing.")] = False,
     config: ConfigOpt = DEFAULT_CONFIG,
 ) -> None:
     """Remove old sessions, statements and recordings behind a signed checkpoint."""
     cfg = load(config)
-    if older_than is not None:
+    if before is not None and older_than is not None:
+        raise fail("give --older-than or --before, not both", 2)
+    age: timedelta
+    if before is not None:
+        moment = _moment(before, "--before")
+        assert moment is not None
+        age = datetime.now(UTC) - moment
+    elif older_than is not None:
         try:
-            age: timedelta = parse_duration(older_than)
+            age = parse_duration(older_than)
         except ValueError as exc:
             raise fail(f"--older-than: {exc}", 2) from None
     elif cfg.recording.retention is not None:

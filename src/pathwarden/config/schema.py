@@ -33,6 +33,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from pathwarden.config.approvals import ApprovalRules, ApprovalsConfig
 from pathwarden.config.durations import (
     Duration,
     _validate_duration,
@@ -41,6 +42,7 @@ from pathwarden.config.durations import (
 )
 from pathwarden.config.masking import MaskingSettings
 from pathwarden.config.names import Name
+from pathwarden.config.notifiers import NotifiersConfig
 from pathwarden.config.recording import RecordingSettings
 from pathwarden.config.secrets import Secret
 from pathwarden.config.trust import TrustIssuer
@@ -305,6 +307,8 @@ class GatewayConfig(_Model):
     policies: list[PolicyConfig] = Field(default_factory=list)
     masking: MaskingSettings = Field(default_factory=MaskingSettings)
     recording: RecordingSettings = Field(default_factory=RecordingSettings)
+    approvals: ApprovalsConfig = Field(default_factory=ApprovalsConfig)
+    notifiers: NotifiersConfig = ()
     # OIDC issuers whose tokens CI jobs may exchange for pathwarden tokens (the API).
     trust: list[TrustIssuer] = Field(default_factory=list)
     api: ApiSettings = Field(default_factory=ApiSettings)
@@ -338,6 +342,7 @@ class GatewayConfig(_Model):
                         f"defined connections: {_names(self.connections)}",
                     )
         self._check_policy_references()
+        self._check_approval_references()
         if self.tokens.default_ttl > self.tokens.max_ttl:
             _fail(
                 ("tokens", "default_ttl"),
@@ -390,6 +395,23 @@ class GatewayConfig(_Model):
                         f"unknown identity {rule.identity!r} in rule {number + 1} of trust "
                         f"issuer {issuer.name}; defined identities: {_names(self.identities)}",
                     )
+
+    def _check_approval_references(self) -> None:
+        names = {p.name for p in self.policies}
+        for policy in self.approvals.policies:
+            if policy not in names:
+                _fail(("approvals", "policies", policy),
+                      f"unknown policy {policy!r}; defined policies: "
+                      f"{', '.join(sorted(names)) or '(none)'}")
+        levels: list[tuple[tuple[str | int, ...], ApprovalRules]] = [
+            (("approvals", "rules"), self.approvals.rules)]
+        levels += [(("approvals", "policies", n), r) for n, r in self.approvals.policies.items()]
+        for at, rules in levels:
+            for index, entry in enumerate(rules.approvers):
+                if not entry.startswith("group:") and entry not in self.identities:
+                    _fail((*at, "approvers", index),
+                          f"unknown identity {entry!r} among approvers; defined identities: "
+                          f"{_names(self.identities)} (use \"group:<name>\" for a group)")
 
     def _check_policy_references(self) -> None:
         seen: dict[str, int] = {}

@@ -28,6 +28,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..approvals import ApprovalRequest, ApprovalService
+from ..approvals.notify import build_notifiers
+from ..approvals.notify.base import Dispatcher
 from ..audit.writer import AuditWriter
 from ..config import (
     ConfigError,
@@ -42,10 +45,11 @@ from ..identity.oidc import OidcExchange
 from ..identity.ratelimit import FailureLimiter
 from ..masking import MaskEngine, engine_for
 from ..masking.settings import MaskingError, mask_options
-from ..model import ConnectionRef, Identity
+from ..model import ConnectionRef, Identity, Operation
 from ..policy import ACTION_CLASSES, PolicyConfig, PolicyEngine
 from ..policy.sql import DEFAULT_SIDE_EFFECT_FUNCTIONS, PostgresClassifier
 from ..store import Store, StoreError, TokenRecord, open_store, store_url_for
+from .approvals_gate import ApprovalGate, request_view
 from .pg_listener import PostgresListener
 from .pg_session import PgSession
 from .pg_upstream import UpstreamTarget
@@ -91,7 +95,12 @@ class Gateway:
             flush_interval=config.audit.flush_interval.total_seconds(),
             max_batch=config.audit.max_batch,
         )
-        self.pipeline = Pipeline(build_classifier(config), build_authorizer(config), self.audit)
+        self.approvals = ApprovalService(store, config.approvals, notify=self._notify_approval)
+        self._notifiers = Dispatcher(build_notifiers(config.notifiers),
+                                     record=self.approvals.record_notification)
+        self.pipeline = Pipeline(build_classifier(config),
+                                 ApprovalGate(build_authorizer(config), self.approvals, self),
+                                 self.audit)
         self._watch_task: asyncio.Task[None] | None = None
         self.targets = {n: build_target(n, c) for n, c in config.connections.items()}
         self._masking: dict[tuple[str, tuple[str, ...]], MaskEngine | None] = {}
@@ -102,6 +111,7 @@ class Gateway:
                                            window=limits.window.total_seconds())
         self.listeners: list[PostgresListener] = []
         self.sessions: set[PgSession] = set()
+        self._by_id: dict[str, PgSession] = {}
         self._cancel_keys: dict[tuple[int, bytes], PgSession] = {}
         self._keys_of: dict[PgSession, tuple[int, bytes]] = {}
         # None: no `trust:` configured, the API's exchange answers 404.
@@ -117,6 +127,7 @@ class Gateway:
 
     async def start(self) -> None:
         self.audit.start()
+        await self.approvals.start()
         if self.recorder is not None:
             await self.recorder.start()
         data_dir = self.config.data_dir
@@ -192,7 +203,11 @@ class Gateway:
             for session in list(self.sessions):
                 self._schedule_expiry(session)
         self.pipeline.classifier = classifier
-        self.pipeline.authorizer = authorizer  # reference swaps: each operation sees one rule set
+        self.approvals.config = new.approvals
+        self._notifiers = Dispatcher(build_notifiers(new.notifiers),
+                                     record=self.approvals.record_notification)
+        # reference swaps: each operation sees one rule set
+        self.pipeline.authorizer = ApprovalGate(authorizer, self.approvals, self)
         log.info("configuration reloaded from %s: %d connection(s), %d identities",
                  self.config_path, len(new.connections), len(new.identities))
         return True
@@ -241,6 +256,8 @@ class Gateway:
             timer.cancel()
         self._expiry.clear()
         await self._close_oidc()
+        await self.approvals.stop()
+        await self._notifiers.drain()
         await self.audit.close()
         if self.recorder is not None:
             await self.recorder.stop()
@@ -369,6 +386,30 @@ class Gateway:
         conn = self.config.connections.get(name)
         return dict(conn.labels) if conn is not None else {}
 
+    # -- approvals ----------------------------------------------------------------------
+
+    def masked_text(self, op: Operation) -> str:
+        """``op``'s statement as approvers and notifiers may see it."""
+        try:
+            engine = self.masking_for(op.identity, op.connection)
+        except MaskingError:
+            return "[statement withheld: masking is unavailable]"
+        return engine.mask_text(op.text)[0] if engine is not None else op.text
+
+    def approval_pending(self, session_id: str, request_id: int, notice: str) -> None:
+        """A session's statement waits for approval ``request_id``: tell its client."""
+        session = self._by_id.get(session_id)
+        if session is not None:
+            session.approval_waiting(request_id, notice)
+
+    def approval_done(self, session_id: str, request_id: int) -> None:
+        session = self._by_id.get(session_id)
+        if session is not None and session.pending_approval == request_id:
+            session.pending_approval = None
+
+    async def _notify_approval(self, request: ApprovalRequest, event: str) -> None:
+        await self._notifiers.notify(event, request_view(self.approvals, request))
+
     def masking_for(self, identity: Identity, connection: ConnectionRef) -> MaskEngine | None:
         """The masking engine of a session (None: masking is off for it).
 
@@ -393,12 +434,14 @@ class Gateway:
 
     def session_started(self, session: PgSession, key: tuple[int, bytes]) -> None:
         self.sessions.add(session)
+        self._by_id[session.record.id] = session
         self._cancel_keys[key] = session
         self._keys_of[session] = key
         self._schedule_expiry(session)
 
     def session_ended(self, session: PgSession) -> None:
         self.sessions.discard(session)
+        self._by_id.pop(session.record.id, None)
         timer = self._expiry.pop(session, None)
         if timer is not None:
             timer.cancel()
@@ -412,6 +455,15 @@ class Gateway:
             log.info("cancel request with an unknown key ignored")
             return
         log.info("session %s: cancel requested by client", session.record.id)
+        waiting = session.pending_approval
+        if waiting is not None:
+            try:
+                await self.approvals.withdraw(waiting, session.identity, "cancelled by the client")
+                log.info("session %s: approval request %d withdrawn", session.record.id, waiting)
+            except Exception as exc:
+                log.warning("session %s: approval request %d could not be withdrawn: %s",
+                            session.record.id, waiting, exc)
+            return
         try:
             await session.cancel()
         except Exception as exc:

@@ -163,6 +163,8 @@ class PgSession:
         self.masker = masker
         # None: recording is off (recording.enabled: false).
         self.recording = recording
+        # The approval request a held statement waits for (a cancel withdraws it).
+        self.pending_approval: int | None = None
         self._masked_texts: dict[str, str] = {}
         self._sensitive_texts: dict[str, bool] = {}
         self.tracker = ResponseTracker()
@@ -398,12 +400,13 @@ class PgSession:
         by = f" (policy {decision.policy}{rule})" if decision.policy else ""
         audit = f"session {self.record.id}, seq {op.seq}"
         if decision.verdict is Verdict.APPROVE:
-            # Until approvals can hold a statement, needing one means refusal.
+            # Only where waiting is impossible (a prepared statement re-checked at
+            # Execute); elsewhere the approval gate holds the statement instead.
             message = (f"pathwarden: {what} requires approval for identity "
                        f"{self.identity.name} on connection {self.connection.name}{by}: "
                        f"{decision.reason}")
-            hint = ("the statement was not executed: approvals are not available on this "
-                    f"gateway yet, so it was refused ({audit})")
+            hint = ("the statement was not executed; prepare it again, or ask ahead with: "
+                    f"pathwarden request --connection {self.connection.name} ({audit})")
         else:
             message = (f"pathwarden: {what} denied for identity {self.identity.name} on "
                        f"connection {self.connection.name}{by}: {decision.reason}")
@@ -993,6 +996,16 @@ class PgSession:
         if not self._ended:
             self._fatal("57P01", message)
             self.end("gateway shutdown")
+
+    def approval_waiting(self, request_id: int, notice: str) -> None:
+        """A held statement waits for approval: say so to the client (a NOTICE)."""
+        self.pending_approval = request_id
+        if self._ended:
+            return
+        self.client.write(m.NoticeResponse.build("00000", notice, severity="NOTICE").encode())
+        if self.recording is not None:
+            self.recording.event("approval", {"op_seq": self._seq, "request_id": request_id,
+                                              "state": "pending"})
 
     async def cancel(self) -> None:
         """Forward a client's CancelRequest to the upstream server."""
