@@ -31,6 +31,7 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi import Path as Path_
 from fastapi.responses import JSONResponse, Response
 
+from pathwarden.api.approvals_routes import approvals_router
 from pathwarden.api.errors import ApiError, error_response, install_handlers
 from pathwarden.api.schemas import (
     ExchangeRequest,
@@ -304,6 +305,7 @@ def create_app(gateway: "Gateway") -> FastAPI:
             return Response(body, media_type="application/x-ndjson", headers=headers)
         return JSONResponse([event_dict(e) for e in events], headers=headers)
 
+    app.include_router(approvals_router(gateway))
     return app
 
 

@@ -21,6 +21,7 @@ from rich.table import Table
 from .. import __version__
 from ..config import ConfigError, format_duration, parse_duration
 from ..store import Store, StoreError
+from .approvals_cmd import approvals_app, approve_command, deny_command, request_command
 from .audit_cmd import audit_app, replay_command
 from .common import DEFAULT_CONFIG, ConfigOpt, err, fail, load, with_store
 from .connect_cmd import connect_command
@@ -48,6 +49,10 @@ app.command("mask")(mask_command)
 app.command("login")(login_command)
 app.command("exec")(exec_command)
 app.command("connect")(connect_command)
+app.add_typer(approvals_app, name="approvals")
+app.command("approve")(approve_command)
+app.command("deny")(deny_command)
+app.command("request")(request_command)
 
 # Pipelines read this output from logs: don't squeeze tables into 80 columns there.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
