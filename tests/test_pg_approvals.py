@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -221,3 +222,34 @@ def test_an_approval_on_one_replica_releases_a_session_on_another(
     finally:
         for gw in gateways:
             gw.stop()
+
+
+def test_approved_from_the_cli_in_another_process(appr_gw: GatewayHarness,
+                                                  pg_server: PgServer) -> None:
+    table = f"t_{uuid.uuid4().hex[:6]}"
+    proc = _psql(appr_gw, f"create table {SCHEMA}.{table} (id int)")
+    request = _pending(appr_gw, table)
+    cli = [sys.executable, "-m", "pathwarden.cli.main"]
+    config = ["--config", str(appr_gw.config_path)]
+    listing = subprocess.run([*cli, "approvals", "list", *config], capture_output=True,
+                             text=True, timeout=60)
+    assert str(request.id) in listing.stdout and table in listing.stdout
+    refused = subprocess.run([*cli, "approve", str(request.id), "--as", "bob", *config],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and "not an approver" in refused.stderr + refused.stdout
+    assert proc.poll() is None
+    ok = subprocess.run([*cli, "approve", str(request.id), "--as", "alice", "--comment",
+                         "matches release 4.2", *config],
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert "CREATE TABLE" in out and _exists(pg_server, table)
+    # The audit trail shows the statement ran under that approval, and who gave it.
+    appr_gw.flush()
+    statement = next(st for s in appr_gw.sessions(connection="app-db")
+                     for st in appr_gw.statements(s.id) if table in st.text)
+    assert f"approval {request.id}" in (statement.reason or "") or "alice" in statement.reason
+    shown = subprocess.run([*cli, "approvals", "show", str(request.id), *config],
+                           capture_output=True, text=True, timeout=60)
+    assert "alice" in shown.stdout and "matches release 4.2" in shown.stdout
