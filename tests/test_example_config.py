@@ -14,7 +14,8 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "pathwarden.yaml
 
 def test_example_config_loads_with_a_stage_per_identity() -> None:
     config = load_config(EXAMPLE)
-    assert set(config.identities) == {"ci-build", "ci-test", "ci-scan", "ci-deploy"}
+    assert set(config.identities) == {"ci-build", "ci-test", "ci-scan", "ci-deploy", "dba-alice"}
+    assert config.approvals.rules.approvers == ["group:dba"]
     assert config.connections["app-db"].allow_all is False
     assert [p.name for p in config.policies] == [
         "build-none", "test-readonly", "scan-readonly", "deploy-writes"]
@@ -31,7 +32,7 @@ def test_config_check_command_accepts_the_example() -> None:
          str(EXAMPLE)], capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "4 identities" in proc.stdout
+    assert "5 identities" in proc.stdout
 
 
 def test_example_policies_decide_as_their_comments_say() -> None:
