@@ -19,7 +19,6 @@ name tokens by ``token_ref`` only. Store failures answer 503 and do not count.
 # annotations at run time, and they name dependencies local to create_app.
 import asyncio
 import logging
-import math
 import tempfile
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime, timedelta
@@ -32,6 +31,9 @@ from fastapi import Path as Path_
 from fastapi.responses import JSONResponse, Response
 
 from pathwarden.api.approvals_routes import approvals_router
+from pathwarden.api.auth import authenticate, bearer_token, store_unavailable
+from pathwarden.api.auth import client_of as _client_of
+from pathwarden.api.auth import throttle as _throttle
 from pathwarden.api.errors import ApiError, error_response, install_handlers
 from pathwarden.api.schemas import (
     ExchangeRequest,
@@ -43,9 +45,8 @@ from pathwarden.api.schemas import (
     iso,
 )
 from pathwarden.config import format_duration, parse_duration
-from pathwarden.identity.authenticate import AuthError, BearerGrant, IssueError
+from pathwarden.identity.authenticate import BearerGrant, IssueError
 from pathwarden.identity.oidc import ExchangeError
-from pathwarden.identity.ratelimit import retry_message
 from pathwarden.recording import Recording, RecordingError, RecordingNotFound, read_recording
 from pathwarden.recording.export import event_dict, event_line
 from pathwarden.store import AmbiguousPrefix, NotFound, RecordingRow, StoreError
@@ -81,41 +82,13 @@ def create_app(gateway: "Gateway") -> FastAPI:
     # -- authentication ---------------------------------------------------------
 
     def client_of(request: Request) -> str:
-        return request.client.host if request.client is not None else "unknown"
+        return _client_of(request)
 
     def throttle(source: str, subject: str | None = None) -> None:
-        wait = gateway.auth_limiter.check(source, subject)
-        if wait is not None:
-            raise ApiError(429, "rate_limited", retry_message(wait),
-                           {"Retry-After": str(max(1, math.ceil(wait)))})
+        _throttle(gateway, source, subject)
 
     async def bearer(request: Request) -> BearerGrant:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.strip().partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise ApiError(
-                401, "missing_token",
-                "send a pathwarden token as 'Authorization: Bearer <token>' "
-                "(issue one with: pathwarden token issue <identity>)",
-                {"WWW-Authenticate": 'Bearer realm="pathwarden"'},
-            )
-        source = client_of(request)
-        throttle(source)
-        try:
-            grant = await gateway.authenticator.bearer_grant(token)
-        except AuthError as exc:
-            gateway.auth_limiter.failed(source)
-            log.info("API %s: bearer token refused for %s (%s)", request.url.path, source,
-                     exc.reason)
-            message = ("the bearer token is not a pathwarden token" if exc.reason == "malformed"
-                       else str(exc))
-            raise ApiError(401, exc.reason, f"pathwarden: {message}",
-                           {"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
-        except StoreError as exc:
-            raise _store_unavailable("checking a bearer token", exc) from None
-        gateway.auth_limiter.succeeded(source)
-        return grant
+        return await authenticate(gateway, bearer_token(request), request)
 
     async def admin(grant: Annotated[BearerGrant, Depends(bearer)]) -> BearerGrant:
         name = grant.identity.name
@@ -358,11 +331,7 @@ def _subject(issuer: str | None) -> str | None:
     return None if issuer is None else f"trust:{issuer}"
 
 
-def _store_unavailable(action: str, exc: StoreError) -> ApiError:
-    log.error("API: store failure while %s: %s", action, exc)
-    return ApiError(503, "store_unavailable",
-                    "the gateway's store is unavailable; retry in a moment",
-                    {"Retry-After": "5"})
+_store_unavailable = store_unavailable
 
 
 class _BodyLimit:

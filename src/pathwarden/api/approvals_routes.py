@@ -32,7 +32,6 @@ notifier's ``users``, and the vote is recorded as that identity. Slack gets
 # annotations at run time.
 import html
 import logging
-import math
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -44,6 +43,10 @@ from fastapi import Path as Path_
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from pathwarden.api.auth import authenticate as _authenticate
+from pathwarden.api.auth import bearer_token, store_unavailable
+from pathwarden.api.auth import client_of as _client_of
+from pathwarden.api.auth import throttle as _throttle
 from pathwarden.api.errors import ApiError
 from pathwarden.api.schemas import iso
 from pathwarden.approvals import (
@@ -65,8 +68,7 @@ from pathwarden.approvals.notify import (
 from pathwarden.approvals.rules import may_approve, missing_approvals
 from pathwarden.config import ConfigError, format_duration, parse_duration
 from pathwarden.config.notifiers import SlackNotifierConfig
-from pathwarden.identity.authenticate import AuthError, BearerGrant
-from pathwarden.identity.ratelimit import retry_message
+from pathwarden.identity.authenticate import BearerGrant
 from pathwarden.model import Identity
 from pathwarden.policy import ACTION_CLASSES, class_of_kind
 from pathwarden.store import StoreError
@@ -292,44 +294,13 @@ def approvals_router(gateway: "Gateway") -> APIRouter:
         return gateway.approvals
 
     def client_of(request: Request) -> str:
-        return request.client.host if request.client is not None else "unknown"
+        return _client_of(request)
 
     def throttle(source: str) -> None:
-        wait = gateway.auth_limiter.check(source)
-        if wait is not None:
-            raise ApiError(429, "rate_limited", retry_message(wait),
-                           {"Retry-After": str(max(1, math.ceil(wait)))})
-
-    async def authenticate(token: str, request: Request) -> BearerGrant:
-        source = client_of(request)
-        throttle(source)
-        try:
-            grant = await gateway.authenticator.bearer_grant(token)
-        except AuthError as exc:
-            gateway.auth_limiter.failed(source)
-            log.info("API %s: bearer token refused for %s (%s)", request.url.path, source,
-                     exc.reason)
-            message = ("the bearer token is not a pathwarden token" if exc.reason == "malformed"
-                       else str(exc))
-            raise ApiError(401, exc.reason, f"pathwarden: {message}",
-                           {"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
-        except StoreError as exc:
-            raise _store_unavailable("checking a bearer token", exc) from None
-        gateway.auth_limiter.succeeded(source)
-        return grant
+        _throttle(gateway, source)
 
     async def bearer(request: Request) -> BearerGrant:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.strip().partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise ApiError(
-                401, "missing_token",
-                "send a pathwarden token as 'Authorization: Bearer <token>' "
-                "(issue one with: pathwarden token issue <identity>)",
-                {"WWW-Authenticate": 'Bearer realm="pathwarden"'},
-            )
-        return await authenticate(token, request)
+        return await _authenticate(gateway, bearer_token(request), request)
 
     def may_see(who: BearerGrant, request: ApprovalRequest) -> bool:
         return (who.admin or who.identity.name == request.requester
@@ -517,7 +488,7 @@ def approvals_router(gateway: "Gateway") -> APIRouter:
             return _page(request_id, None, None,
                          "Paste a pathwarden token to see the request and decide.", status=401)
         try:
-            who = await authenticate(token, request)
+            who = await _authenticate(gateway, token, request)
             found = await visible(who, request_id)
             message = None
             if action != "view":
@@ -626,11 +597,7 @@ def approvals_router(gateway: "Gateway") -> APIRouter:
 # -- helpers ------------------------------------------------------------------------------
 
 
-def _store_unavailable(action: str, exc: StoreError) -> ApiError:
-    log.error("API: store failure while %s: %s", action, exc)
-    return ApiError(503, "store_unavailable",
-                    "the gateway's store is unavailable; retry in a moment",
-                    {"Retry-After": "5"})
+_store_unavailable = store_unavailable
 
 
 def _slack(text: str) -> JSONResponse:

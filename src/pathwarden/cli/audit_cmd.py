@@ -55,7 +55,7 @@ from ..recording import (
 from ..recording.errors import RecordingFormatError
 from ..recording.export import event_line, statement_line
 from ..store import RecordingRow, SqlStore, Store, StoreError
-from .common import DEFAULT_CONFIG, ConfigOpt, err, fail, load, with_store
+from .common import DEFAULT_CONFIG, ConfigOpt, err, fail, load, moment, with_store
 
 T = TypeVar("T")
 
@@ -68,22 +68,6 @@ _PROGRESS_FROM = 20  # verify shows progress on a terminal from this many record
 _VERDICT_WORD = {"allow": "ALLOW", "deny": "DENY", "approval": "APPROVE", "approve": "APPROVE"}
 
 
-
-
-def _moment(value: str | None, option: str) -> datetime | None:
-    """A duration back from now (``2d``) or an ISO date/time (UTC unless it says otherwise)."""
-    if value is None:
-        return None
-    try:
-        return datetime.now(UTC) - parse_duration(value)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise fail(f"{option}: expected a duration (1h, 2d) or an ISO date, got {value!r}",
-                   2) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -452,7 +436,7 @@ def audit_export(
         except ValueError:
             raise fail(f"--decision: expected allow, deny or approve, got {decision!r}",
                        2) from None
-    start, end = _moment(since, "--since"), _moment(until, "--until")
+    start, end = moment(since, "--since"), moment(until, "--until")
     cfg = load(config)
 
     async def go(store: Store, sink: IO[str]) -> int:
@@ -671,9 +655,9 @@ def audit_prune(
         raise fail("give --older-than or --before, not both", 2)
     age: timedelta
     if before is not None:
-        moment = _moment(before, "--before")
-        assert moment is not None
-        age = datetime.now(UTC) - moment
+        when = moment(before, "--before")
+        assert when is not None
+        age = datetime.now(UTC) - when
     elif older_than is not None:
         try:
             age = parse_duration(older_than)

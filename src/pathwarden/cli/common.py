@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
 
-from ..config import ConfigError, GatewayConfig, load_config
+from ..config import ConfigError, GatewayConfig, load_config, parse_duration
 from ..store import Store, StoreError, open_store, store_url_for
 
 T = TypeVar("T")
@@ -54,3 +55,19 @@ def with_store(config: GatewayConfig, fn: Callable[[Store], Awaitable[T]]) -> T:
         return asyncio.run(go())
     except (StoreError, ConfigError) as exc:
         raise fail(str(exc)) from None
+
+
+def moment(value: str | None, option: str) -> datetime | None:
+    """A duration back from now (``2d``) or an ISO date/time (UTC unless it says otherwise)."""
+    if value is None:
+        return None
+    try:
+        return datetime.now(UTC) - parse_duration(value)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise fail(f"{option}: expected a duration (1h, 2d) or an ISO date, got {value!r}",
+                   EXIT_USAGE) from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)

@@ -23,7 +23,7 @@ from ..config import ConfigError, format_duration, parse_duration
 from ..store import Store, StoreError
 from .approvals_cmd import approvals_app, approve_command, deny_command, request_command
 from .audit_cmd import audit_app, replay_command
-from .common import DEFAULT_CONFIG, ConfigOpt, err, fail, load, with_store
+from .common import DEFAULT_CONFIG, ConfigOpt, err, fail, load, moment, with_store
 from .connect_cmd import connect_command
 from .mask_cmd import mask_command
 from .pipeline_cmd import exec_command, login_command
@@ -186,21 +186,6 @@ def token_revoke(
 # -- sessions ------------------------------------------------------------------
 
 
-def _since(value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        return datetime.now(UTC) - parse_duration(value)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise _fail(f"--since: expected a duration (1h, 2d) or an ISO date, got {value!r}",
-                    2) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 @sessions_app.command("list")
 def sessions_list(
     identity: Annotated[str | None, typer.Option(help="Only this identity.")] = None,
@@ -214,7 +199,7 @@ def sessions_list(
 
     async def go(store: Store) -> tuple[list[object], dict[str, int]]:
         rows = await store.list_sessions(identity=identity, connection=connection,
-                                         since=_since(since), limit=limit)
+                                         since=moment(since, "--since"), limit=limit)
         counts = await store.statement_counts([r.id for r in rows])
         return list(rows), counts
 

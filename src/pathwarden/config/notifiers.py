@@ -39,6 +39,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from pydantic_core import PydanticCustomError
 
 from pathwarden.config.durations import Duration
+from pathwarden.config.names import check_name
 from pathwarden.config.secrets import Secret
 
 __all__ = [
@@ -79,17 +80,6 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-def _check_name(value: str) -> str:
-    if not _NAME.fullmatch(value):
-        raise PydanticCustomError(
-            "name",
-            "invalid name '{name}': use 1-63 letters, digits, '_', '.' or '-', "
-            "starting with a letter or digit",
-            {"name": value},
-        )
-    return value
-
-
 def _check_events(value: tuple[NotifierEvent, ...]) -> tuple[NotifierEvent, ...]:
     if len(set(value)) != len(value):
         raise PydanticCustomError("events", "each event may be listed once")
@@ -120,7 +110,7 @@ def _check_http_url(value: str, *, what: str) -> str:
     return value
 
 
-Name = Annotated[str, AfterValidator(_check_name)]
+Name = Annotated[str, AfterValidator(check_name)]
 EmailAddress = Annotated[str, AfterValidator(_check_email)]
 Timeout = Duration
 
