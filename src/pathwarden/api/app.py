@@ -59,6 +59,9 @@ __all__ = ["MAX_BODY", "create_app"]
 
 log = logging.getLogger(__name__)
 
+_FORGEABLE_CHECKS = frozenset({"malformed", "too_large", "signature", "unknown_key",
+                               "algorithm", "unknown_issuer"})
+
 #: Request bodies larger than this are refused (413) before they are parsed.
 MAX_BODY = 64 * 1024
 _TOKEN_REF = frozenset("0123456789abcdef")
@@ -123,7 +126,10 @@ def create_app(gateway: "Gateway") -> FastAPI:
         except ExchangeError as exc:
             if exc.check == "jwks_unavailable":
                 raise ApiError(503, exc.check, str(exc), {"Retry-After": "30"}) from None
-            gateway.auth_limiter.failed(source, _subject(exc.issuer))
+            # A forged or garbled token costs an attacker nothing: it counts against
+            # the address only, never against the issuer every pipeline shares.
+            counted = None if exc.check in _FORGEABLE_CHECKS else _subject(exc.issuer)
+            gateway.auth_limiter.failed(source, counted)
             raise ApiError(401, exc.check, str(exc)) from None
         config = gateway.config
         settings = config.identities.get(result.identity)

@@ -15,7 +15,7 @@ from fastapi import Request
 
 from pathwarden.api.errors import ApiError
 from pathwarden.identity.authenticate import AuthError, BearerGrant
-from pathwarden.identity.ratelimit import retry_message
+from pathwarden.identity.ratelimit import retry_message, source_key
 from pathwarden.store import StoreError
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ __all__ = ["authenticate", "bearer_token", "client_of", "store_unavailable", "th
 
 def client_of(request: Request) -> str:
     """The client's address (proxies' forwarding headers are not trusted)."""
-    return request.client.host if request.client is not None else "unknown"
+    return source_key(request.client.host) if request.client is not None else "unknown"
 
 
 def throttle(gateway: Gateway, source: str, subject: str | None = None) -> None:

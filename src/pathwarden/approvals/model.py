@@ -70,11 +70,16 @@ def statement_hash(op: Operation) -> str:
 
     The classifier's per-statement texts (trimmed, one per statement) when it
     split the text into several, else the text with surrounding whitespace
-    removed. Constants are part of it: approving ``delete ... where id = 1``
-    does not approve ``id = 2``.
+    removed, and the tables it resolves to. Constants are part of it: approving
+    ``delete ... where id = 1`` does not approve ``id = 2``, and approving
+    ``delete from invoices`` under one search_path does not approve it where
+    ``invoices`` is another table.
     """
     parts = [a.text for a in op.actions if a.text]
     normalised = "\x00".join(parts) if len(parts) > 1 else op.text.strip()
+    # The objects as the server resolves them (search_path included): the same text
+    # reaching other tables is another operation.
+    normalised += "\x01" + "\x00".join(sorted(op.resources))
     return hashlib.sha256(normalised.encode("utf-8", "surrogatepass")).hexdigest()
 
 

@@ -231,14 +231,14 @@ class ApprovalService:
                     Verdict.ALLOW,
                     f"{decision.reason}; covered by grant {grant.id} ({grant.scope.describe()} "
                     f"until {_at(grant.ends_at)}, request {grant.request_id})",
-                    policy=decision.policy, rule=f"grant {grant.id}")
+                    policy=decision.policy, rule=f"grant {grant.id}", until=grant.ends_at)
         return None
 
     def _approved(self, request: ApprovalRequest, decision: Decision) -> Decision:
         names = ", ".join(v.approver for v in request.approvals) or "?"
         return Decision(Verdict.ALLOW,
                         f"{decision.reason}; approved once by {names} (request {request.id})",
-                        policy=decision.policy, rule=f"approval {request.id}")
+                        policy=decision.policy, rule=f"approval {request.id}", once=True)
 
     async def request_for(self, op: Operation, decision: Decision,
                           display_text: str | None = None) -> ApprovalRequest:

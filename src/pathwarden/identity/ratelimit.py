@@ -26,13 +26,14 @@ Pure: no I/O, no asyncio; ``clock`` (monotonic seconds) is injectable.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable
 
-__all__ = ["FailureLimiter", "retry_message"]
+__all__ = ["FailureLimiter", "retry_message", "source_key"]
 
 
 class _Window:
@@ -141,3 +142,20 @@ def retry_message(wait: float) -> str:
     return (
         f"too many failed authentications; retry in {seconds} second{'s' if seconds != 1 else ''}"
     )
+
+
+def source_key(address: str) -> str:
+    """The key failed logins from ``address`` are counted under.
+
+    An IPv6 client usually holds a whole /64, so it counts as one source;
+    IPv4-mapped IPv6 addresses count as the IPv4 address they carry.
+    """
+    try:
+        ip = ipaddress.ip_address(address.split("%")[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+    return str(ip)

@@ -120,6 +120,11 @@ class Decision:
     reason: str
     policy: str | None = None
     rule: str | None = None
+    # An ALLOW that holds for one execution only (a one-time approval) ...
+    once: bool = False
+    # ... or until this moment (a time-boxed grant): a prepared statement allowed
+    # by it is refused at later executions.
+    until: datetime | None = None
 
     @property
     def allowed(self) -> bool:

@@ -96,9 +96,18 @@ class ApprovalGate:
             f"{_minutes(rules.wait_timeout.total_seconds())}; cancel (Ctrl-C) withdraws the "
             f"request")
         try:
-            return await service.resolve(op, decision, display_text=display)
+            decided = await service.resolve(op, decision, display_text=display)
         finally:
             self._gateway.approval_done(op.session_id, request.id)
+        if decided.verdict is Verdict.ALLOW:
+            # The policy may have changed (a reload) while people decided: a deny now
+            # wins over the approval.
+            current = self._gateway.pipeline.authorizer
+            engine = current.engine if isinstance(current, ApprovalGate) else self.engine
+            now = engine.authorize(op)
+            if now.verdict is Verdict.DENY:
+                return now
+        return decided
 
 
 def _minutes(seconds: float) -> str:

@@ -30,7 +30,7 @@ import ssl
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from ..identity.ratelimit import retry_message
+from ..identity.ratelimit import retry_message, source_key
 from ..masking.settings import MaskingError
 from ..model import ConnectionRef, Protocol, SessionRecord
 from ..policy.sql import is_utf8_encoding
@@ -85,10 +85,13 @@ class _Refused(Exception):
         self.reason = reason or message
 
 
+_FORGEABLE = frozenset({"malformed", "bad_signature"})
+
+
 def _source_of(peer: object) -> str:
     """The client's address without its port: what failed logins are counted by."""
     if isinstance(peer, tuple) and peer:
-        return str(peer[0]).split("%")[0]
+        return source_key(str(peer[0]))
     return "local"
 
 
@@ -308,7 +311,11 @@ class PostgresListener:
         try:
             identity = await gw.authenticate(user=user, token=token, connection=dbname)
         except gw.auth_errors as exc:
-            limiter.failed(source, user)
+            # Anyone can send a forged or garbled token for any name: counting those
+            # against the identity would let them lock a pipeline out. They count
+            # against the address they come from.
+            forged = getattr(exc, "reason", "") in _FORGEABLE
+            limiter.failed(source, None if forged else user)
             raise _Refused("28P01", f"pathwarden: authentication failed for user {user}: {exc}",
                            reason=f"authentication failed: {exc}") from None
         except StoreError as exc:

@@ -94,6 +94,8 @@ class _Prepared:
     # Its result columns, from the server's answer to a Describe of it (masking).
     description: m.RowDescription | None = None
     describing: bool = False  # a Describe of it is on its way to the server
+    # Set once the one execution a one-time approval allowed has been used.
+    spent: Decision | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -469,8 +471,11 @@ class PgSession:
         portal = self._pending_binds.get(ev.portal) or self._portals.get(ev.portal)
         prepared = portal.prepared if portal is not None else None
         if prepared is not None and not prepared.decision.allowed:
-            # A denied statement: the server skips this until Sync (its Parse failed).
-            out.append(ev.raw)
+            # A denied statement. Within its Sync the server skips this Execute (the
+            # Parse failed), but after a Sync a portal of that name may hold an
+            # *older* statement the server kept: never let the client's Execute
+            # through, send one that is certain to fail.
+            out.append(m.Execute(portal=_DENIED_PORTAL).encode())
             self.tracker.expect(Unit.EXECUTE)
             return
         self._seq += 1
@@ -483,6 +488,7 @@ class PgSession:
         if ctx is not None and prepared.search_path not in (None, ctx.search_path):
             # The server planned it at Bind under another search_path: decide again.
             op, decision = self._redecide(op, ctx, decision.policy)
+        decision = self._spend(prepared, decision)
         decision = self._write_ahead(replace(op, seq=self._seq, kind="execute"), decision,
                                      prepared.text, params)
         tracked = Tracked(self._seq, "execute", prepared.text, params,
@@ -497,6 +503,25 @@ class PgSession:
             tracked.denial = self._denial(op, decision)
             out.append(m.Execute(portal=_DENIED_PORTAL).encode())
         self.tracker.expect(Unit.EXECUTE, tracked)
+
+    @staticmethod
+    def _spend(prepared: _Prepared, decision: Decision) -> Decision:
+        """An approval allows one execution of a prepared statement; a grant, until it ends."""
+        if prepared.spent is not None:
+            return prepared.spent
+        if decision.verdict is not Verdict.ALLOW:
+            return decision
+        if decision.until is not None and datetime.now(UTC) >= decision.until:
+            return Decision(Verdict.DENY, f"{decision.reason}; that grant ended at "
+                            f"{decision.until:%Y-%m-%d %H:%M:%SZ}: prepare the statement again",
+                            policy=decision.policy, rule=decision.rule)
+        if decision.once:
+            # Later executions of this prepared statement are not covered.
+            prepared.spent = Decision(
+                Verdict.DENY, f"{decision.reason}, and that approval was for one execution; "
+                "prepare the statement again to ask for another", policy=decision.policy,
+                rule=decision.rule)
+        return decision
 
     def _execute_unknown(self, ev: m.Execute, portal: _Portal | None,
                          params: tuple[str | None, ...], out: list[bytes]) -> None:
