@@ -595,3 +595,30 @@ def test_a_session_stored_in_s3_is_replayed_and_verified_from_the_bucket(
     finally:
         gw.stop()
         shutil.rmtree(tmp_path / "data", ignore_errors=True)
+
+
+def test_verify_notices_the_newest_sessions_removed_behind_an_old_head(
+        pg_server: PgServer, schema: str, tmp_path: Path) -> None:
+    gw = _gateway(pg_server, tmp_path)
+    try:
+        _recorded_session(gw)
+        _recorded_session(gw)
+        db = _db(gw)
+        saved = db.execute("select gateway_id, position, signed from audit_heads").fetchone()
+        sid, _ = _recorded_session(gw)
+        row = _indexed(gw, sid)
+        run("audit", "verify", config=gw.config_path)
+        # Remove the newest session everywhere in the store and put the older head back.
+        db.execute("delete from recordings where session_id = ?", (sid,))
+        db.execute("delete from statements where session_id = ?", (sid,))
+        db.execute("delete from sessions where id = ?", (sid,))
+        db.execute("update audit_heads set position = ?, signed = ? where gateway_id = ?",
+                   (saved[1], saved[2], saved[0]))
+        db.close()
+        _stored_path(gw, row).unlink()
+        proc = run("audit", "verify", config=gw.config_path, check=False)
+        assert proc.returncode == 1
+        assert (f"gateway {saved[0]}: rolled_back: the store's chain head is at position "
+                f"{saved[1]} but this gateway signed position {row.position}") in proc.stdout
+    finally:
+        gw.stop()

@@ -34,7 +34,7 @@ from rich.text import Text
 
 from ..config import GatewayConfig, parse_duration
 from ..model import SessionRecord, Verdict
-from ..proxy.recorder import recording_root, storage_for
+from ..proxy.recorder import HEADS_FILE, last_heads, recording_root, storage_for
 from ..recording import (
     GENESIS_LINK,
     ChainEntry,
@@ -601,12 +601,29 @@ def audit_verify(
             advance()
     for chain in chains:
         _check_chain(chain, public_key, report, only)
+    if only is None:
+        _check_journal(rec, chains, report)
     if report.problems:
         err.print(f"audit verify: {report.problems} problem(s) found", markup=False)
         raise typer.Exit(1)
     what = (f"session {only.session_id}" if only is not None else
             f"{total} recording(s) in {len(chains)} chain(s)")
     out.print(f"OK: {what} verified", markup=False)
+
+
+def _check_journal(rec: _Recordings, chains: list[_Chain], report: _Report) -> None:
+    """The store's heads must not be older than the head journal beside the recordings."""
+    stored = {c.gateway: c for c in chains}
+    for gateway, line in sorted(last_heads(rec.root).items()):
+        journalled = SignedHead.from_json(line)
+        chain = stored.get(gateway)
+        head = SignedHead.from_json(chain.head) if chain is not None and chain.head else None
+        if head is None or head.position < journalled.position:
+            at = head.position if head is not None else 0
+            report.problem(
+                f"gateway {gateway}: rolled_back: the store's chain head is at position {at} "
+                f"but this gateway signed position {journalled.position} "
+                f"({HEADS_FILE}): sessions after position {at} were removed")
 
 
 @contextlib.contextmanager

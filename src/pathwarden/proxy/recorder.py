@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 import socket
 import time
 from datetime import UTC, datetime
@@ -40,10 +41,12 @@ from ..recording import (
     FinishedRecording,
     GroupSync,
     RecordingError,
+    RecordingFormatError,
     RecordingFull,
     RecordingStorage,
     RecordingWriter,
     S3Storage,
+    SignedHead,
     chain_link,
     finish_orphan,
     read_recording,
@@ -266,6 +269,8 @@ class Recorder:
                 events=finished.events, bytes=finished.bytes,
                 stored_bytes=finished.compressed_bytes, complete=complete,
                 started_at=started, ended_at=ended), head)
+            if head:
+                await asyncio.to_thread(append_head, self.root, head)
 
     async def _recover(self, live: Path) -> None:
         session_id = live.name.removesuffix(".pwrec")
@@ -285,6 +290,39 @@ class Recorder:
         """Wait until every ended session's recording is stored and indexed (tests, CLI)."""
         while self._finishing:
             await asyncio.gather(*list(self._finishing), return_exceptions=True)
+
+
+#: Every signed head this gateway wrote, one JSON line each, beside the recordings:
+#: a copy outside the store, so that rolling the store's head back shows (ship it
+#: to write-once storage or a SIEM for the strongest guarantee).
+HEADS_FILE = "heads.jsonl"
+
+
+def append_head(root: Path, head: str) -> None:
+    """Append a signed head to the head journal (created 0600)."""
+    fd = os.open(root / HEADS_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                 0o600)
+    try:
+        os.write(fd, head.encode() + b"\n")
+    finally:
+        os.close(fd)
+
+
+def last_heads(root: Path) -> dict[str, str]:
+    """The newest journalled head per gateway (empty when there is no journal)."""
+    newest: dict[str, tuple[int, str]] = {}
+    try:
+        lines = (root / HEADS_FILE).read_text().splitlines()
+    except FileNotFoundError:
+        return {}
+    for line in lines:
+        try:
+            head = SignedHead.from_json(line)
+        except (RecordingFormatError, ValueError):
+            continue  # a torn last line after a crash
+        if head.position >= newest.get(head.gateway, (0, ""))[0]:
+            newest[head.gateway] = (head.position, line)
+    return {gateway: line for gateway, (_, line) in newest.items()}
 
 
 def _finished_file(path: Path) -> FinishedRecording:
