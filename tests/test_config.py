@@ -434,3 +434,11 @@ def test_secret_value_is_not_read_at_load_time(tmp_path: Path) -> None:
     assert "NO_SUCH_VAR_FOR_PATHWARDEN" not in os.environ
     config = load_config(write(tmp_path, "store: {url: {env: NO_SUCH_VAR_FOR_PATHWARDEN}}\n"))
     assert config.store.url == Secret.from_env("NO_SUCH_VAR_FOR_PATHWARDEN")
+
+
+def test_recording_fsync_off_may_be_written_bare_in_yaml() -> None:
+    # YAML reads a bare `off` as false; the setting takes it as meant.
+    assert parse_config("recording: {fsync: off}\n").recording.fsync == "off"
+    assert parse_config("recording: {fsync: interval}\n").recording.fsync == "interval"
+    with pytest.raises(ConfigError):
+        parse_config("recording: {fsync: true}\n")

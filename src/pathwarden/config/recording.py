@@ -11,7 +11,15 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ByteSize, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ByteSize,
+    ConfigDict,
+    Field,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from pathwarden.config.durations import Duration
@@ -54,6 +62,11 @@ class S3StorageConfig(_Model):
         return self
 
 
+def _yaml_off(value: object) -> object:
+    # YAML 1.1 reads a bare `off` as false: take it as meant.
+    return "off" if value is False else value
+
+
 def _positive_size(value: ByteSize) -> ByteSize:
     if value < 64 * 1024:
         raise PydanticCustomError("size", "must be at least 64KiB")
@@ -74,8 +87,9 @@ class RecordingSettings(_Model):
     # gateway crash as soon as it is written, not a power cut); "interval" syncs
     # every recording written to in the last fsync_interval; "always" syncs each
     # event before the operation is forwarded.
-    fsync: Literal["off", "interval", "always"] = "interval"
-    fsync_interval: Duration = timedelta(milliseconds=20)
+    fsync: Annotated[Literal["off", "interval", "always"], BeforeValidator(_yaml_off)] = (
+        "interval")
+    fsync_interval: Duration = timedelta(milliseconds=200)
     # Past this size a session's result samples are no longer kept (a
     # "truncated" event says how many were dropped); operations and decisions
     # are recorded up to 25% more, after which the session is ended.
