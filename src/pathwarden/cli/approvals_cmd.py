@@ -509,37 +509,35 @@ CommentOpt = Annotated[str, typer.Option(
     "--comment", "-m", help="Why, kept with the vote in the audit trail.")]
 
 
-def approve_command(
-    request_id: Annotated[int, typer.Argument(help="The request's number.", min=1)],
-    comment: CommentOpt = "",
-    as_: AsOpt = None,
-    config: ConfigOpt = DEFAULT_CONFIG,
-    gateway: GatewayOpt = None,
-    token_env: TokenEnvOpt = ENV_TOKEN,
-    cacert: CacertOpt = None,
-    local: LocalOpt = False,
-    timeout: TimeoutOpt = 30,
-) -> None:
+def _vote_command(approve: bool, doc: str) -> Callable[..., None]:
+    """The ``approve`` or ``deny`` command: the same options, one verdict."""
+
+    def command(
+        request_id: Annotated[int, typer.Argument(help="The request's number.", min=1)],
+        comment: CommentOpt = "",
+        as_: AsOpt = None,
+        config: ConfigOpt = DEFAULT_CONFIG,
+        gateway: GatewayOpt = None,
+        token_env: TokenEnvOpt = ENV_TOKEN,
+        cacert: CacertOpt = None,
+        local: LocalOpt = False,
+        timeout: TimeoutOpt = 30,
+    ) -> None:
+        _vote(request_id, approve, comment, as_,
+              _mode(config, gateway, token_env, cacert, local, timeout))
+
+    verb = "approve" if approve else "deny"
+    command.__name__ = command.__qualname__ = f"{verb}_command"
+    command.__doc__ = doc
+    return command
+
+
+approve_command = _vote_command(
+    True,
     """Approve a request (a held statement or a grant). Exit 1 when refused: not an
-    approver, your own request, already voted or decided, expired."""
-    _vote(request_id, True, comment, as_,
-          _mode(config, gateway, token_env, cacert, local, timeout))
+    approver, your own request, already voted or decided, expired.""")
 
-
-def deny_command(
-    request_id: Annotated[int, typer.Argument(help="The request's number.", min=1)],
-    comment: CommentOpt = "",
-    as_: AsOpt = None,
-    config: ConfigOpt = DEFAULT_CONFIG,
-    gateway: GatewayOpt = None,
-    token_env: TokenEnvOpt = ENV_TOKEN,
-    cacert: CacertOpt = None,
-    local: LocalOpt = False,
-    timeout: TimeoutOpt = 30,
-) -> None:
-    """Deny a request: one deny ends it. Exit 1 when refused."""
-    _vote(request_id, False, comment, as_,
-          _mode(config, gateway, token_env, cacert, local, timeout))
+deny_command = _vote_command(False, """Deny a request: one deny ends it. Exit 1 when refused.""")
 
 
 # -- request ------------------------------------------------------------------------------
