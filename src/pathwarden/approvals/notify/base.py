@@ -20,13 +20,18 @@ import os
 import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Protocol
+from datetime import datetime, timedelta
+from typing import Generic, Protocol, TypeVar
 
 import httpx
 
+from pathwarden.config.errors import ConfigError
+from pathwarden.config.notifiers import BACKOFF_CAP
+from pathwarden.config.secrets import Secret
+
 __all__ = [
     "EVENTS",
+    "ChannelNotifier",
     "DeliveryError",
     "Dispatcher",
     "Notifier",
@@ -36,6 +41,7 @@ __all__ = [
     "check_status",
     "http_post",
     "redact",
+    "reveal",
 ]
 
 logger = logging.getLogger("pathwarden.notify")
@@ -138,6 +144,69 @@ class Notifier(Protocol):
 
     async def send(self, event: str, request: RequestView) -> None:
         """Deliver once; raise :class:`DeliveryError` (or anything) on failure."""
+
+
+class ChannelSettings(Protocol):
+    """What every notifier's configuration has (``pathwarden.config.notifiers``)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def events(self) -> Sequence[str]: ...
+
+    @property
+    def retries(self) -> int: ...
+
+    @property
+    def backoff(self) -> timedelta: ...
+
+    @property
+    def timeout(self) -> timedelta: ...
+
+
+C = TypeVar("C", bound=ChannelSettings)
+
+
+class ChannelNotifier(Generic[C]):
+    """The part every channel shares: its configuration, retry policy and timeout.
+
+    Subclasses implement :meth:`Notifier.send`.
+    """
+
+    def __init__(self, config: C) -> None:
+        self.config = config
+        self._policy = RetryPolicy(
+            retries=config.retries,
+            backoff=config.backoff.total_seconds(),
+            cap=BACKOFF_CAP.total_seconds(),
+        )
+        self._timeout = config.timeout.total_seconds()
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def events(self) -> frozenset[str]:
+        return frozenset(self.config.events)
+
+    @property
+    def policy(self) -> RetryPolicy:
+        return self._policy
+
+
+def reveal(secret: Secret | None, what: str) -> str:
+    """The secret's value; a :class:`DeliveryError` naming ``what`` (permanent) if unreadable.
+
+    ``ConfigError`` names the field and the variable or file, never a value.
+    """
+    if secret is None:
+        raise DeliveryError(f"{what}: not configured", permanent=True)
+    try:
+        return secret.reveal()
+    except ConfigError as exc:
+        raise DeliveryError(f"{what}: {exc}", permanent=True) from None
 
 
 def redact(text: str, secrets: Iterable[str | None]) -> str:

@@ -19,10 +19,15 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 
-from pathwarden.approvals.notify.base import DeliveryError, RequestView, RetryPolicy, redact
+from pathwarden.approvals.notify.base import (
+    ChannelNotifier,
+    DeliveryError,
+    RequestView,
+    redact,
+    reveal,
+)
 from pathwarden.approvals.notify.messages import email_message
-from pathwarden.config.errors import ConfigError
-from pathwarden.config.notifiers import BACKOFF_CAP, EmailNotifierConfig
+from pathwarden.config.notifiers import EmailNotifierConfig
 
 __all__ = ["EmailNotifier", "build_email"]
 
@@ -49,38 +54,15 @@ def build_email(config: EmailNotifierConfig, event: str, request: RequestView) -
     return message
 
 
-class EmailNotifier:
+class EmailNotifier(ChannelNotifier[EmailNotifierConfig]):
     """Sends one email per event to ``to`` through ``host:port``."""
-
-    def __init__(self, config: EmailNotifierConfig) -> None:
-        self.config = config
-        self._policy = RetryPolicy(
-            retries=config.retries,
-            backoff=config.backoff.total_seconds(),
-            cap=BACKOFF_CAP.total_seconds(),
-        )
-        self._timeout = config.timeout.total_seconds()
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def events(self) -> frozenset[str]:
-        return frozenset(self.config.events)
-
-    @property
-    def policy(self) -> RetryPolicy:
-        return self._policy
 
     async def send(self, event: str, request: RequestView) -> None:
         message = build_email(self.config, event, request)
         credentials: tuple[str, str] | None = None
         if self.config.username is not None and self.config.password is not None:
-            try:
-                credentials = (self.config.username.reveal(), self.config.password.reveal())
-            except ConfigError as exc:
-                raise DeliveryError(f"SMTP: {exc}", permanent=True) from None
+            credentials = (reveal(self.config.username, "SMTP"),
+                           reveal(self.config.password, "SMTP"))
         try:
             # The thread's own socket timeout ends it; this bounds the wait for it.
             async with asyncio.timeout(self._timeout * 3):

@@ -25,16 +25,17 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from pathwarden.approvals.notify.base import (
+    ChannelNotifier,
     DeliveryError,
     RequestView,
-    RetryPolicy,
     check_status,
     http_post,
     redact,
+    reveal,
 )
 from pathwarden.approvals.notify.messages import APPROVE_ACTION, DENY_ACTION, slack_message
 from pathwarden.config.errors import ConfigError
-from pathwarden.config.notifiers import BACKOFF_CAP, SlackNotifierConfig
+from pathwarden.config.notifiers import SlackNotifierConfig
 
 __all__ = [
     "SlackAction",
@@ -194,34 +195,16 @@ def slack_decider(config: SlackNotifierConfig, slack_user_id: str) -> str:
     return identity
 
 
-class SlackNotifier:
+class SlackNotifier(ChannelNotifier[SlackNotifierConfig]):
     """Posts to an incoming webhook and/or with a bot (``chat.postMessage``/``chat.update``)."""
 
     def __init__(self, config: SlackNotifierConfig) -> None:
-        self.config = config
-        self._policy = RetryPolicy(
-            retries=config.retries,
-            backoff=config.backoff.total_seconds(),
-            cap=BACKOFF_CAP.total_seconds(),
-        )
-        self._timeout = config.timeout.total_seconds()
+        super().__init__(config)
         # request id -> (channel id, message ts) of the bot's message.
         self._messages: OrderedDict[int, tuple[str, str]] = OrderedDict()
         # (request id, event) -> targets ("webhook", "bot") already delivered, so a
         # retry after one of two targets failed does not post twice.
         self._done: OrderedDict[tuple[int, str], set[str]] = OrderedDict()
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def events(self) -> frozenset[str]:
-        return frozenset(self.config.events)
-
-    @property
-    def policy(self) -> RetryPolicy:
-        return self._policy
 
     def message_ref(self, request_id: int) -> tuple[str, str] | None:
         """``(channel, ts)`` of the bot's message about a request, if known."""
@@ -261,17 +244,8 @@ class SlackNotifier:
             raise
         self._done.pop(key, None)
 
-    @staticmethod
-    def _reveal(secret_field: Any, what: str) -> str:
-        try:
-            value: str = secret_field.reveal()
-        except ConfigError as exc:
-            # ConfigError names the field and the variable/file, never a value.
-            raise DeliveryError(f"{what}: {exc}", permanent=True) from None
-        return value
-
     async def _send_webhook(self, event: str, request: RequestView) -> None:
-        url = self._reveal(self.config.webhook_url, "Slack webhook")
+        url = reveal(self.config.webhook_url, "Slack webhook")
         body = json.dumps(slack_message(event, request, interactive=False)).encode()
         response = await http_post(
             url, content=body, headers={"Content-Type": "application/json"},
@@ -279,7 +253,7 @@ class SlackNotifier:
         check_status(response, "Slack webhook")
 
     async def _api(self, method: str, payload: dict[str, Any]) -> dict[str, Any]:
-        token = self._reveal(self.config.bot_token, "Slack bot")
+        token = reveal(self.config.bot_token, "Slack bot")
         what = f"Slack {method}"
         response = await http_post(
             f"{self.config.api_url}/{method}",

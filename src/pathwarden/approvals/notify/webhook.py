@@ -22,16 +22,16 @@ import time
 import uuid
 
 from pathwarden.approvals.notify.base import (
+    ChannelNotifier,
     DeliveryError,
     RequestView,
-    RetryPolicy,
     check_status,
     http_post,
     redact,
+    reveal,
 )
 from pathwarden.approvals.notify.messages import webhook_body
-from pathwarden.config.errors import ConfigError
-from pathwarden.config.notifiers import BACKOFF_CAP, WebhookNotifierConfig
+from pathwarden.config.notifiers import WebhookNotifierConfig
 
 __all__ = [
     "SIGNATURE_HEADER",
@@ -72,37 +72,16 @@ def verify_webhook_signature(
         raise WebhookSignatureError("bad signature")
 
 
-class WebhookNotifier:
+class WebhookNotifier(ChannelNotifier[WebhookNotifierConfig]):
     """POSTs :func:`~pathwarden.approvals.notify.messages.webhook_body`, signed."""
 
     def __init__(self, config: WebhookNotifierConfig) -> None:
-        self.config = config
-        self._policy = RetryPolicy(
-            retries=config.retries,
-            backoff=config.backoff.total_seconds(),
-            cap=BACKOFF_CAP.total_seconds(),
-        )
-        self._timeout = config.timeout.total_seconds()
+        super().__init__(config)
         # (request id, event) -> delivery id, stable across retries.
         self._deliveries: dict[tuple[int, str], str] = {}
 
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def events(self) -> frozenset[str]:
-        return frozenset(self.config.events)
-
-    @property
-    def policy(self) -> RetryPolicy:
-        return self._policy
-
     async def send(self, event: str, request: RequestView) -> None:
-        try:
-            secret = self.config.secret.reveal()
-        except ConfigError as exc:
-            raise DeliveryError(f"webhook: {exc}", permanent=True) from None
+        secret = reveal(self.config.secret, "webhook")
         key = (request.id, event)
         delivery = self._deliveries.setdefault(key, str(uuid.uuid4()))
         body = webhook_body(event, request)
