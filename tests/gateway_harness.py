@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -179,3 +180,13 @@ def poll(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
 def write_config(path: Path, config: Mapping[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
     return path
+
+
+@contextmanager
+def running_gateway(base: Path, config: Mapping[str, Any]) -> Iterator[GatewayHarness]:
+    """A gateway on ``config`` (written to ``base/pathwarden.yaml``), stopped on leaving."""
+    harness = GatewayHarness(write_config(base / "pathwarden.yaml", config))
+    try:
+        yield harness
+    finally:
+        harness.stop()

@@ -25,6 +25,7 @@ import pytest
 from gateway_harness import (
     GatewayHarness,
     api_settings,
+    running_gateway,
     standard_config,
     wait_until,
     write_config,
@@ -71,12 +72,8 @@ def issuer() -> Iterator[OidcIssuer]:
 def gw(pg_server: PgServer, issuer: OidcIssuer,
        tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayHarness]:
     base = tmp_path_factory.mktemp("api")
-    harness = GatewayHarness(write_config(base / "pathwarden.yaml",
-                                          _config(pg_server, base, issuer)))
-    try:
+    with running_gateway(base, _config(pg_server, base, issuer)) as harness:
         yield harness
-    finally:
-        harness.stop()
 
 
 @pytest.fixture

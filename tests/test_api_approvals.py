@@ -22,7 +22,13 @@ import httpx
 import psycopg
 import pytest
 
-from gateway_harness import GatewayHarness, api_settings, standard_config, wait_until, write_config
+from gateway_harness import (
+    GatewayHarness,
+    api_settings,
+    running_gateway,
+    standard_config,
+    wait_until,
+)
 from pgserver import PgServer, free_port
 
 SLACK_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
@@ -143,12 +149,8 @@ def slack_post(api: httpx.Client, body: bytes, *, timestamp: str | None = None,
 def gw(pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory
        ) -> Iterator[GatewayHarness]:
     base = tmp_path_factory.mktemp("approvals-api")
-    harness = GatewayHarness(write_config(base / "pathwarden.yaml",
-                                          approvals_config(pg_server, base)))
-    try:
+    with running_gateway(base, approvals_config(pg_server, base)) as harness:
         yield harness
-    finally:
-        harness.stop()
 
 
 @pytest.fixture

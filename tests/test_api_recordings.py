@@ -12,7 +12,13 @@ import httpx
 import psycopg
 import pytest
 
-from gateway_harness import GatewayHarness, api_settings, standard_config, wait_until, write_config
+from gateway_harness import (
+    GatewayHarness,
+    api_settings,
+    running_gateway,
+    standard_config,
+    wait_until,
+)
 from pathwarden.recording import read_recording
 from pathwarden.store import RecordingRow
 from pgserver import PgServer, free_port
@@ -27,11 +33,8 @@ def gw(pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory
     config["identities"]["ops-admin"] = {"admin": True}
     config["api"] = api_settings()
     config["recording"] = {"fsync": "off"}
-    harness = GatewayHarness(write_config(base / "pathwarden.yaml", config))
-    try:
+    with running_gateway(base, config) as harness:
         yield harness
-    finally:
-        harness.stop()
 
 
 @pytest.fixture

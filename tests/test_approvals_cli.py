@@ -16,7 +16,7 @@ import httpx
 import psycopg
 import pytest
 
-from gateway_harness import GatewayHarness, wait_until, write_config
+from gateway_harness import GatewayHarness, running_gateway, wait_until
 from pgserver import PgServer
 from test_api_approvals import Held, approvals_config, ask_grant, bearer, pending_for
 
@@ -32,12 +32,8 @@ def clean_env(**extra: str) -> dict[str, str]:
 def gw(pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory
        ) -> Iterator[GatewayHarness]:
     base = tmp_path_factory.mktemp("approvals-cli")
-    harness = GatewayHarness(write_config(base / "pathwarden.yaml",
-                                          approvals_config(pg_server, base)))
-    try:
+    with running_gateway(base, approvals_config(pg_server, base)) as harness:
         yield harness
-    finally:
-        harness.stop()
 
 
 @pytest.fixture

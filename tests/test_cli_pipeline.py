@@ -18,7 +18,13 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from gateway_harness import GatewayHarness, api_settings, poll, standard_config, write_config
+from gateway_harness import (
+    GatewayHarness,
+    api_settings,
+    poll,
+    running_gateway,
+    standard_config,
+)
 from oidc_issuer import OidcIssuer, running_issuer
 from pathwarden.cli.pipeline_cmd import unverified_payload
 from pgserver import PgServer, free_port
@@ -370,11 +376,8 @@ def api_gateway(pg_server: PgServer, issuer: OidcIssuer,
     config["api"] = api_settings()
     config["trust"] = [{"name": "github", "issuer": issuer.url, "audience": "pathwarden",
                         "provider": "github", "rules": [DEPLOY_RULE, TEST_RULE]}]
-    harness = GatewayHarness(write_config(base / "pathwarden.yaml", config))
-    try:
+    with running_gateway(base, config) as harness:
         yield harness
-    finally:
-        harness.stop()
 
 
 def login(gw: GatewayHarness, *args: str, env: dict[str, str] | None = None,
