@@ -479,3 +479,41 @@ def test_get_session_by_id_or_unique_prefix(store_url: str) -> None:
             await store.get_session("7f3a9c")
 
     using(store_url, body)
+
+
+class _FlakyEngine:
+    """Delegates to a real engine; its first connect fails like SQLite's I/O error."""
+
+    def __init__(self, engine: Any) -> None:
+        self._engine = engine
+        self.failures = 1
+
+    def connect(self) -> Any:
+        if self.failures:
+            self.failures -= 1
+            raise sa.exc.OperationalError("SELECT", {}, sqlite3.OperationalError(
+                "disk I/O error"))
+        return self._engine.connect()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+
+def test_a_transient_sqlite_io_error_on_a_token_lookup_is_retried(tmp_path: Path) -> None:
+    # The I/O error itself cannot be provoked on demand: it is injected (once) into the
+    # engine's connect, around a real SQLite store.
+    url = f"sqlite:///{tmp_path / 'data' / 'pathwarden.db'}"
+
+    async def body(store: SqlStore) -> tuple[TokenRecord | None, int]:
+        await store.record_token(token("abcdef0123456789"))
+        real = store._engine
+        flaky = _FlakyEngine(real)
+        store._engine = flaky  # type: ignore[assignment]
+        try:
+            return await store.token_status("abcdef0123456789"), flaky.failures
+        finally:
+            store._engine = real
+
+    found, failures_left = using(url, body)
+    assert failures_left == 0  # the failure happened, and the lookup went on
+    assert found is not None and found.identity == "ci-test"

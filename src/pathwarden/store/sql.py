@@ -68,6 +68,8 @@ from pathwarden.store.tables import sessions, statements, tokens
 
 __all__ = ["SqlStore", "open_store", "store_url_for"]
 
+_READ_ATTEMPTS = 3
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Arbitrary but fixed: every replica must take the same advisory lock.
 _MIGRATION_LOCK_KEY = 0x7061_7468_7764  # "pathwd"
@@ -255,11 +257,19 @@ class SqlStore(RecordingIndex, ApprovalIndex):
                 await conn.execute(tokens.insert().values(**token_row(rec)))
 
     async def token_status(self, token_ref: str) -> TokenRecord | None:
-        with self._errors(f"looking up token {token_ref}"):
-            async with self._engine.connect() as conn:
-                row = (
-                    await conn.execute(select(tokens).where(tokens.c.token_ref == token_ref))
-                ).first()
+        query = select(tokens).where(tokens.c.token_ref == token_ref)
+        for attempt in range(_READ_ATTEMPTS):
+            try:
+                with self._errors(f"looking up token {token_ref}"):
+                    async with self._engine.connect() as conn:
+                        row = (await conn.execute(query)).first()
+                break
+            except StoreError as exc:
+                # Every login reads here: a transient SQLite I/O error (seen while
+                # another process opened the same file) is retried, not a refusal.
+                if attempt + 1 == _READ_ATTEMPTS or "disk I/O error" not in str(exc):
+                    raise
+                await asyncio.sleep(0.05 * (attempt + 1))
         return token_record(row) if row is not None else None
 
     async def list_tokens(
