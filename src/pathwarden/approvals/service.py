@@ -303,12 +303,14 @@ class ApprovalService:
 
     async def resolve(self, op: Operation, decision: Decision,
                       timeout: float | timedelta | None = None,
-                      display_text: str | None = None) -> Decision:
+                      display_text: str | None = None,
+                      on_request: Callable[[ApprovalRequest], None] | None = None) -> Decision:
         """Hold ``op`` (APPROVE ``decision``) until approved, refused, or the wait times out.
 
         ALLOW when an approval covers it (a one-time approval is used up);
         otherwise DENY with a reason naming the request and what to do next. A
         pending request survives the timeout, so a retry waits on the same one.
+        ``on_request`` is called with each request the operation waits for.
         """
         if decision.verdict is not Verdict.APPROVE:
             return decision
@@ -321,6 +323,8 @@ class ApprovalService:
         deadline = loop.time() + limit
         while True:
             request = await self.request_for(op, decision, display_text)
+            if on_request is not None:
+                on_request(request)  # the caller tells its client what it waits for
             request = await self.wait(request.id, max(0.0, deadline - loop.time()))
             if request.state is RequestState.APPROVED:
                 used = await self.store.consume_approval(

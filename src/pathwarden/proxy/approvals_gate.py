@@ -73,32 +73,30 @@ class ApprovalGate:
 
     async def _hold(self, op: Operation, decision: Decision) -> Decision:
         service = self.service
-        allowed = await service.check(op, decision)
-        if allowed is not None:
-            return allowed
         if not service.config.rules_for(decision.policy).approvers:
+            # Nobody can approve: only an existing grant covers it; nothing to wait for.
+            allowed = await service.check(op, decision)
+            if allowed is not None:
+                return allowed
             where = (f"approvals.policies.{decision.policy}.approvers or "
                      if decision.policy else "")
             return Decision(
                 Verdict.DENY, f"{decision.reason}; the statement requires approval, but nobody "
                 f"may approve it (set {where}approvals.rules.approvers)",
                 policy=decision.policy, rule=decision.rule)
-        display = self._gateway.masked_text(op)
-        request = await service.request_for(op, decision, display)
-        rules = service.rules_for(request)
-        link = service.link(request.id)
-        follow = f" ({link})" if link else ""
-        who = ", ".join(rules.approvers) or "nobody (no approvers are configured)"
-        self._gateway.approval_pending(
-            op.session_id, request.id,
-            f"pathwarden: waiting for approval #{request.id}{follow}; approvers: {who}; "
-            f"{missing_approvals(rules, request)} more approval(s) needed; waiting up to "
-            f"{_minutes(rules.wait_timeout.total_seconds())}; cancel (Ctrl-C) withdraws the "
-            f"request")
+        waiting: list[int] = []
+
+        def tell(request: ApprovalRequest) -> None:
+            waiting.append(request.id)
+            self._gateway.approval_pending(op.session_id, request.id, _notice(service, request))
+
         try:
-            decided = await service.resolve(op, decision, display_text=display)
+            decided = await service.resolve(op, decision,
+                                            display_text=self._gateway.masked_text(op),
+                                            on_request=tell)
         finally:
-            self._gateway.approval_done(op.session_id, request.id)
+            for request_id in waiting:
+                self._gateway.approval_done(op.session_id, request_id)
         if decided.verdict is Verdict.ALLOW:
             # The policy may have changed (a reload) while people decided: a deny now
             # wins over the approval.
@@ -108,6 +106,17 @@ class ApprovalGate:
             if now.verdict is Verdict.DENY:
                 return now
         return decided
+
+
+def _notice(service: ApprovalService, request: ApprovalRequest) -> str:
+    rules = service.rules_for(request)
+    link = service.link(request.id)
+    follow = f" ({link})" if link else ""
+    who = ", ".join(rules.approvers)
+    return (f"pathwarden: waiting for approval #{request.id}{follow}; approvers: {who}; "
+            f"{missing_approvals(rules, request)} more approval(s) needed; waiting up to "
+            f"{_minutes(rules.wait_timeout.total_seconds())}; cancel (Ctrl-C) withdraws the "
+            f"request")
 
 
 def _minutes(seconds: float) -> str:

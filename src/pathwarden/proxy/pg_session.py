@@ -671,16 +671,19 @@ class PgSession:
                 head = tracker.head()
                 if head is not None:
                     head.pending_rows += 1
+                sampling = recording is not None and head is not None and (
+                    head.sample is None or len(head.sample) < recording.sample_rows)
+                if masker is None and not sampling:
+                    continue
+                e = starts[i + 1] if i < last else len(chunk)
                 row = None
                 if masker is not None:
-                    e = starts[i + 1] if i < last else len(chunk)
                     row = self._mask_row(masker, head, view[s + 5 : e], masker.hit(s, e))
                     if row is not None:
                         edits = edits or []
                         edits.append((s, e, row))
-                if recording is not None and head is not None and (
-                        head.sample is None or len(head.sample) < recording.sample_rows):
-                    e = starts[i + 1] if i < last else len(chunk)
+                if sampling:
+                    assert head is not None
                     self._sample(head, row[5:] if row is not None else view[s + 5 : e])
                 continue
             e = starts[i + 1] if i < last else len(chunk)
@@ -920,25 +923,25 @@ class PgSession:
                 error = "not executed: an earlier message in the pipeline failed"
             verdict = decision.verdict
         text = self._audit_text(t.text, _MAX_AUDIT_TEXT)
+        duration_ms = round((time.monotonic() - start) * 1000, 3)
         self.audit.statement(StatementRecord(
             session_id=self.record.id, seq=t.seq, kind=t.kind, text=text,
             params=t.params,
             verdict=verdict, reason=decision.reason, started_at=started_at,
-            duration_ms=round((time.monotonic() - start) * 1000, 3),
+            duration_ms=duration_ms,
             command_tag=t.tag, rows=None if t.denial is not None else t.rows,
             error=self._audit_text(error) if error is not None else None,
             policy=decision.policy, action=op.action, masked=t.masked,
         ))
         if self.recording is not None:
-            self._record_result(t, verdict, error)
+            self._record_result(t, verdict, error, duration_ms)
 
-    def _record_result(self, t: Tracked, verdict: Verdict, error: str | None) -> None:
+    def _record_result(self, t: Tracked, verdict: Verdict, error: str | None,
+                       duration_ms: float) -> None:
         assert self.recording is not None
-        start = t.context[0]
         data: dict[str, Any] = {
             "op_seq": t.seq, "verdict": verdict.value, "tag": t.tag,
-            "rows": None if t.denial is not None else t.rows,
-            "duration_ms": round((time.monotonic() - start) * 1000, 3),
+            "rows": None if t.denial is not None else t.rows, "duration_ms": duration_ms,
         }
         if error is not None:
             data["error"] = self._audit_text(error)

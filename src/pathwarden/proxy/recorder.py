@@ -241,7 +241,7 @@ class Recorder:
             else:
                 assert live is not None
                 finished = await asyncio.to_thread(finish_orphan, live, dest)
-            if await self.store.get_recording(session_id) is not None:
+            if writer is None and await self.store.get_recording(session_id) is not None:
                 await asyncio.to_thread(finished.path.unlink, missing_ok=True)
                 return  # indexed before the last gateway stopped
             started, ended = span if span is not None else await asyncio.to_thread(
