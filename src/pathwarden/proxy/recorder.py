@@ -248,9 +248,10 @@ class Recorder:
                 _span, finished.path)
             location = await asyncio.to_thread(
                 self.storage.put, session_id, started.date(), finished.path)
-            # The storage holds its own copy now.
-            await asyncio.to_thread(finished.path.unlink, missing_ok=True)
             await self._index(session_id, finished, location, started, ended, complete)
+            # Stored and indexed: only now may the local copy go (until then readers
+            # find it here, and a restart finishes it again).
+            await asyncio.to_thread(finished.path.unlink, missing_ok=True)
         except (RecordingError, StoreError, OSError, ValueError) as exc:
             # The file stays in live/ (or as .pwrec.gz there): the next start retries.
             log.error("recording of session %s could not be finished: %s", session_id, exc)
