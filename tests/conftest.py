@@ -7,13 +7,15 @@ unless several areas need them.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
 from gateway_harness import GatewayHarness, standard_config, write_config
 from pgserver import PgServer, start_pg_server
 from pgserver import free_port as free_port  # re-exported helper
+from sshd_harness import SshdNotInstalled, SshdServer, start_sshd
 
 
 @pytest.fixture(scope="session")
@@ -51,3 +53,48 @@ def gateway(
         yield harness
     finally:
         harness.stop()
+
+
+def _start_sshd_or_fail(**kwargs: Any) -> SshdServer:
+    try:
+        return start_sshd(**kwargs)
+    except SshdNotInstalled as exc:
+        # The test command provisions the machine: a missing sshd is a broken setup.
+        pytest.fail(f"OpenSSH server unavailable: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def sshd() -> Iterator[SshdServer]:
+    """One private OpenSSH server for the whole session (see tests/sshd_harness.py).
+
+    On 127.0.0.1:``sshd.port``; the current user logs in with ``sshd.client_key``
+    (keys only). Clients: ``sshd.ssh_args()``, ``sshd.scp_args()``,
+    ``sshd.connect_kwargs()`` (asyncssh). ``sshd.commands()`` lists what sessions
+    ran, ``sshd.log_text()`` is sshd's log. Tests must not stop it; use
+    ``sshd_factory`` for a server of their own.
+    """
+    server = _start_sshd_or_fail()
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def sshd_factory() -> Iterator[Callable[..., SshdServer]]:
+    """Start fresh OpenSSH servers (``start_sshd`` keyword arguments), destroyed after the test.
+
+    Each has its own host key unless ``host_key=`` names one to reuse.
+    """
+    started: list[SshdServer] = []
+
+    def factory(**kwargs: Any) -> SshdServer:
+        server = _start_sshd_or_fail(**kwargs)
+        started.append(server)
+        return server
+
+    try:
+        yield factory
+    finally:
+        for server in reversed(started):
+            server.destroy()
