@@ -4,9 +4,13 @@ Theory of operation: the store indexes every finished recording (where it is
 stored, its final hash, its place in the gateway's chain of sessions); the
 recording storage (files or S3, as ``recording.storage`` says) holds the
 files; a session still running has its live file in ``<recordings>/live/``.
-``replay`` reads one recording and shows it as it happened. ``audit export``
-streams the store's statements as JSON lines for a SIEM
-(recording/export.py, docs/audit-export.md). ``audit verify`` re-reads every
+``replay`` reads one recording and shows it as it happened: a SQL session as
+its statements, decisions and results; an SSH session as its terminal (the
+output as the client saw it, or, on a file or pipe, a plain transcript with a
+``$ command`` line per command), or as an asciicast v2 file with ``--cast``
+(recording/terminal.py). ``audit export`` streams the store's statements as
+JSON lines for a SIEM, and an SSH session's file operations from its
+recording (recording/export.py, docs/audit-export.md). ``audit verify`` re-reads every
 stored recording and checks it, the chain of sessions and the signed head
 (docs/recording.md). ``audit prune`` drops the oldest part of each chain
 behind a signed checkpoint, so that ``verify`` still passes afterwards.
@@ -24,7 +28,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Annotated, Any, TypeVar
+from typing import IO, Annotated, Any, Protocol, TypeVar
 
 import typer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -33,6 +37,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..config import GatewayConfig, parse_duration
+from ..model import Protocol as WireProtocol
 from ..model import SessionRecord, Verdict
 from ..proxy.recorder import HEADS_FILE, last_heads, recording_root, storage_for
 from ..recording import (
@@ -47,13 +52,15 @@ from ..recording import (
     SignedHead,
     chain_link,
     follow,
+    iter_events,
     make_checkpoint,
     read_recording,
     verify_chain,
     verify_recording,
 )
 from ..recording.errors import RecordingFormatError
-from ..recording.export import event_line, statement_line
+from ..recording.export import event_line, file_line, statement_line
+from ..recording.terminal import TerminalError, TerminalTranscript, select_channel, to_asciicast
 from ..store import RecordingRow, SqlStore, Store, StoreError
 from .common import DEFAULT_CONFIG, ConfigOpt, err, fail, load, moment, with_store
 
@@ -134,12 +141,16 @@ def _live_match(live_dir: Path, prefix: str) -> str | None:
 class _Player:
     """Prints a recording's events as a readable session, in the recorded rhythm."""
 
-    def __init__(self, speed: float, step: bool) -> None:
+    def __init__(self, speed: float, step: bool, *, plain: bool | None = None) -> None:
         self.speed = speed
         self.step = step
         self.last_t: float | None = None
         self.start_t: float | None = None
         self.ops: dict[Any, dict[str, Any]] = {}
+        # An SSH session is shown as its terminal: as it was on a terminal, plain text
+        # on a file or pipe (decided when its session_start is seen).
+        self.plain = plain
+        self.terminal: TerminalTranscript | None = None
 
     def wait(self, event: Event) -> None:
         if self.last_t is not None and self.speed > 0:
@@ -155,11 +166,28 @@ class _Player:
         if self.step and event.type == "operation":
             err.print("[dim](Enter for the next operation)[/]", end="")
             sys.stdin.readline()
+        if self.terminal is not None:
+            text = self.terminal.feed(event)
+            if text is not None:
+                _write(text)
+                return
+            if event.type == "session_end":
+                _write(self.terminal.close())
+            _write(self.terminal.break_line())
         handler = getattr(self, f"_on_{event.type}", None)
         if handler is not None:
             handler(event, d)
         else:
             _line(f"  [{event.type}] " + ", ".join(f"{k}={v}" for k, v in sorted(d.items())))
+        if event.type == "session_start" and d.get("protocol") == "ssh":
+            plain = self.plain if self.plain is not None else not sys.stdout.isatty()
+            self.terminal = TerminalTranscript(plain=plain)
+
+    def finish(self) -> None:
+        """The events ended (a live or cut recording may end without session_end)."""
+        if self.terminal is not None:
+            _write(self.terminal.close())
+            _write(self.terminal.break_line())
 
     def _at(self, event: Event) -> str:
         clock = datetime.fromtimestamp(event.t, UTC).strftime("%H:%M:%S.%f")[:-3]
@@ -228,7 +256,8 @@ class _Player:
 
     def _on_truncated(self, event: Event, d: Any) -> None:
         when = "in total" if d.get("final") else "from here on"
-        _line(f"  [recording truncated {when}: {d.get('dropped_events')} result sample(s), "
+        dropped = "terminal output event(s)" if self.terminal else "result sample(s)"
+        _line(f"  [recording truncated {when}: {d.get('dropped_events')} {dropped}, "
               f"{d.get('dropped_bytes')} bytes dropped past {d.get('soft_limit')} bytes "
               f"({d.get('reason')})]")
 
@@ -251,22 +280,98 @@ def _line(text: str) -> None:
     out.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
+def _write(text: str) -> None:
+    """Terminal output as recorded: not through rich, which would interpret it."""
+    if text:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+
 def _print_problems(sid: str, problems: Iterable[Problem]) -> None:
     for p in problems:
         at = f" at event {p.seq}" if p.seq is not None else ""
         err.print(f"session {sid}: {p.kind}{at}: {p.message}", markup=False)
 
 
-def _play(events: Iterable[Event], player: _Player | None, header_raw: bytes | None) -> None:
-    if player is None and header_raw is not None:
-        sys.stdout.write(header_raw.decode("ascii") + "\n")
-    for event in events:
-        if player is None:
+class _Show(Protocol):
+    """What replay does with a recording: show it, print its lines, or convert it."""
+
+    def begin(self, sid: str, header_raw: bytes | None, gateway: str | None, *,
+              live: bool, following: bool) -> None: ...
+
+    def play(self, events: Iterable[Event]) -> None: ...
+
+
+class _Lines:
+    """``--json``: the recording's own lines, header first."""
+
+    def begin(self, sid: str, header_raw: bytes | None, gateway: str | None, *,
+              live: bool, following: bool) -> None:
+        if header_raw is not None:
+            sys.stdout.write(header_raw.decode("ascii") + "\n")
+
+    def play(self, events: Iterable[Event]) -> None:
+        for event in events:
             sys.stdout.write(event_line(event) + "\n")
             sys.stdout.flush()
-            continue
-        player.wait(event)
-        player.show(event)
+
+
+class _Shown:
+    """The session as it happened, through a :class:`_Player`."""
+
+    def __init__(self, player: _Player) -> None:
+        self.player = player
+
+    def begin(self, sid: str, header_raw: bytes | None, gateway: str | None, *,
+              live: bool, following: bool) -> None:
+        if following:
+            _line(f"session {sid}  (following the live recording; Ctrl-C to stop)")
+        elif gateway is not None:
+            _line(f"session {sid}  (recorded by gateway {gateway}"
+                  f"{', still running' if live else ''})")
+
+    def play(self, events: Iterable[Event]) -> None:
+        try:
+            for event in events:
+                self.player.wait(event)
+                self.player.show(event)
+        finally:
+            self.player.finish()
+
+
+class _Cast:
+    """``--cast``: one channel of an SSH session as an asciicast v2 file."""
+
+    def __init__(self, channel: int | None, output: Path | None) -> None:
+        self.channel = channel
+        self.output = output
+        self.sid = ""
+
+    def begin(self, sid: str, header_raw: bytes | None, gateway: str | None, *,
+              live: bool, following: bool) -> None:
+        self.sid = sid
+
+    def play(self, events: Iterable[Event]) -> None:
+        recorded = list(events)
+        try:
+            chosen = select_channel(recorded, self.channel, session=self.sid)
+            lines = list(to_asciicast(recorded, chosen.number, session=self.sid))
+        except TerminalError as exc:
+            raise fail(str(exc)) from None
+        if self.output is None:
+            sys.stdout.write("".join(line + "\n" for line in lines))
+            sys.stdout.flush()
+            return
+        try:
+            fd = os.open(self.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+                         0o600)
+        except OSError as exc:
+            raise fail(f"--output {self.output}: {exc.strerror}") from None
+        with open(fd, "w", encoding="utf-8") as sink:
+            sink.writelines(line + "\n" for line in lines)
+        err.print(f"channel {chosen.number} of session {self.sid} written to {self.output} "
+                  f"(asciicast v2, {len(lines) - 1} events; play it with: asciinema play "
+                  f"{self.output})", markup=False)
 
 
 def replay_command(
@@ -281,18 +386,41 @@ def replay_command(
     json_: Annotated[bool, typer.Option(
         "--json", help="Print the recording's lines (header, then events) as JSON lines.")
     ] = False,
+    cast: Annotated[bool, typer.Option(
+        "--cast", help="Write one terminal channel of an SSH session as an asciicast v2 "
+                       "file (for asciinema play or the asciinema player).")] = False,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="With --cast: write the .cast file here (default: stdout).")
+    ] = None,
+    channel: Annotated[int | None, typer.Option(
+        help="With --cast: the channel to export (default: the first with a pty, else the "
+             "first with output).", min=0)] = None,
     config: ConfigOpt = DEFAULT_CONFIG,
 ) -> None:
     """Show a session as it happened, from its recording."""
     if step and not sys.stdin.isatty():
         raise fail("--step waits for Enter and needs a terminal; use --speed 0 to print the "
                    "whole session at once", 2)
+    if not cast and (output is not None or channel is not None):
+        raise fail("--output and --channel go with --cast (an asciicast file of one channel "
+                   "of an SSH session)", 2)
+    if cast and (json_ or follow_ or step):
+        given = ", ".join(o for o, on in (("--json", json_), ("--follow", follow_),
+                                          ("--step", step)) if on)
+        raise fail(f"--cast writes the recorded channel as a file and cannot be combined "
+                   f"with {given}; play the file at any speed with: asciinema play FILE", 2)
     cfg = load(config)
     rec = _Recordings.of(cfg)
     sid, row = _locate(cfg, rec, session)
-    player = None if json_ else _Player(0.0 if follow_ else speed, step)
+    show: _Show
+    if cast:
+        show = _Cast(channel, output)
+    elif json_:
+        show = _Lines()
+    else:
+        show = _Shown(_Player(0.0 if follow_ else speed, step))
     if row is None:
-        _replay_live(cfg, rec, sid, player, follow_)
+        _replay_live(cfg, rec, sid, show, follow_)
         return
     try:
         data = rec.storage.get(row.location)
@@ -303,25 +431,26 @@ def replay_command(
     except RecordingError as exc:
         raise fail(f"the recording of session {sid} cannot be read: {exc}") from None
     with _as_file(data) as path:
-        _replay_file(sid, path, player, live=False, final_hash=row.final_hash)
+        _replay_file(sid, path, show, live=False, final_hash=row.final_hash)
 
 
-def _replay_file(sid: str, path: Path, player: _Player | None, *, live: bool,
+def _replay_file(sid: str, path: Path, show: _Show, *, live: bool,
                  final_hash: str | None = None) -> None:
     recording = read_recording(path)
-    if player is not None and recording.header is not None:
-        _line(f"session {sid}  (recorded by gateway {recording.header.gateway}"
-              f"{', still running' if live else ''})")
-    _play(recording.events, player, recording.header.raw if recording.header else None)
+    header = recording.header
+    show.begin(sid, header.raw if header else None, header.gateway if header else None,
+               live=live, following=False)
+    show.play(recording.events)
     problems = verify_recording(path, live=live, final_hash=final_hash)
     if problems:
-        err.print(f"the recording of session {sid} is damaged; shown is what could be read:",
+        what = "written" if isinstance(show, _Cast) else "shown"
+        err.print(f"the recording of session {sid} is damaged; {what} is what could be read:",
                   markup=False)
         _print_problems(sid, problems)
         raise typer.Exit(1)
 
 
-def _replay_live(cfg: GatewayConfig, rec: _Recordings, sid: str, player: _Player | None,
+def _replay_live(cfg: GatewayConfig, rec: _Recordings, sid: str, show: _Show,
                  following: bool) -> None:
     live = rec.live_dir / f"{sid}.pwrec"
     done = rec.live_dir / f"{sid}.pwrec.gz"
@@ -330,16 +459,15 @@ def _replay_live(cfg: GatewayConfig, rec: _Recordings, sid: str, player: _Player
                    f"{rec.live_dir} (recording was off for it, or it has just ended and is "
                    "being stored: retry in a moment)")
     if not following or not live.exists():
-        _replay_file(sid, live if live.exists() else done, player, live=live.exists())
+        _replay_file(sid, live if live.exists() else done, show, live=live.exists())
         return
     try:
         with open(live, "rb") as f:
             header_raw = f.readline().rstrip(b"\n")
-        if player is not None:
-            _line(f"session {sid}  (following the live recording; Ctrl-C to stop)")
-        _play(follow(live), player, header_raw)
+        show.begin(sid, header_raw, None, live=True, following=True)
+        show.play(follow(live))
     except FileNotFoundError:  # ended between the lookup and the open
-        _wait_and_replay_stored(cfg, rec, sid, player)
+        _wait_and_replay_stored(cfg, rec, sid, show)
     except RecordingFormatError as exc:
         raise fail(f"the live recording of session {sid} is damaged: {exc}") from None
     except KeyboardInterrupt:
@@ -347,7 +475,7 @@ def _replay_live(cfg: GatewayConfig, rec: _Recordings, sid: str, player: _Player
 
 
 def _wait_and_replay_stored(cfg: GatewayConfig, rec: _Recordings, sid: str,
-                            player: _Player | None) -> None:
+                            show: _Show) -> None:
     async def indexed(store: Store) -> RecordingRow | None:
         for _ in range(50):
             row = await store.get_recording(sid)
@@ -361,7 +489,7 @@ def _wait_and_replay_stored(cfg: GatewayConfig, rec: _Recordings, sid: str,
         raise fail(f"session {sid} ended but its recording is not stored yet; retry with: "
                    f"pathwarden replay {sid}")
     with _as_file(rec.storage.get(row.location)) as path:
-        _replay_file(sid, path, player, live=False, final_hash=row.final_hash)
+        _replay_file(sid, path, show, live=False, final_hash=row.final_hash)
 
 
 # -- export -----------------------------------------------------------------------------
@@ -438,17 +566,37 @@ def audit_export(
                        2) from None
     start, end = moment(since, "--since"), moment(until, "--until")
     cfg = load(config)
+    recordings: list[_Recordings] = []  # opened at the first SSH session
+    unread: list[str] = []
+
+    def wanted(when: datetime, decided: str) -> bool:
+        return not ((verdict is not None and decided != verdict.value)
+                    or (start is not None and when < start)
+                    or (end is not None and when >= end))
 
     async def go(store: Store, sink: IO[str]) -> int:
         count = 0
         async for session in _sessions(store, since=start, until=end, identity=identity,
                                        connection=connection):
-            for st in await store.list_statements(session.id):
-                if ((verdict is not None and st.verdict is not verdict)
-                        or (start is not None and st.started_at < start)
-                        or (end is not None and st.started_at >= end)):
-                    continue
-                sink.write(statement_line(session, st) + "\n")
+            lines = [(st.started_at, statement_line(session, st))
+                     for st in await store.list_statements(session.id)
+                     if wanted(st.started_at, st.verdict.value)]
+            if session.protocol == WireProtocol.SSH:
+                if not recordings:
+                    recordings.append(_Recordings.of(cfg))
+                files, problem = await _file_events(store, recordings[0], session.id)
+                if problem is not None:
+                    unread.append(session.id)
+                    err.print(f"session {session.id}: its file operations are not exported: "
+                              f"{problem}", markup=False)
+                for event in files:
+                    when = datetime.fromtimestamp(event.t, UTC)
+                    decided = "deny" if event.data.get("verdict") == "deny" else "allow"
+                    if wanted(when, decided):
+                        lines.append((when, file_line(session, event)))
+                lines.sort(key=lambda line: line[0])  # stable: a statement before its files
+            for _, line in lines:
+                sink.write(line + "\n")
                 count += 1
         return count
 
@@ -462,6 +610,37 @@ def audit_export(
         with open(fd, "w", encoding="utf-8") as sink:
             count = with_store(cfg, lambda store: go(store, sink))
         err.print(f"{count} statement(s) written to {output}", markup=False)
+    if unread:
+        raise fail(f"the file operations of {len(unread)} SSH session(s) could not be read "
+                   f"from their recordings ({', '.join(unread[:5])}"
+                   f"{', ...' if len(unread) > 5 else ''}); everything else was exported; "
+                   "run: pathwarden audit verify")
+
+
+async def _file_events(store: Store, rec: _Recordings, sid: str
+                       ) -> tuple[list[Event], str | None]:
+    """The ``file`` events of an SSH session's recording; or why they cannot be read.
+
+    A session without a recording (recorded while recording was off) has none.
+    """
+    def files_in(path: Path) -> list[Event]:
+        return [e for e in iter_events(path) if e.type == "file"]
+
+    def stored(location: str) -> list[Event]:
+        with _as_file(rec.storage.get(location)) as path:
+            return files_in(path)
+
+    try:
+        for _ in range(2):  # a session finishing moves from live/ to the storage meanwhile
+            row = await store.get_recording(sid)
+            if row is not None:
+                return await asyncio.to_thread(stored, row.location), None
+            for path in (rec.live_dir / f"{sid}.pwrec", rec.live_dir / f"{sid}.pwrec.gz"):
+                with contextlib.suppress(FileNotFoundError):
+                    return await asyncio.to_thread(files_in, path), None
+    except (RecordingError, RecordingFormatError, OSError) as exc:
+        return [], f"its recording cannot be read: {exc}"
+    return [], None
 
 
 # -- verify -----------------------------------------------------------------------------
