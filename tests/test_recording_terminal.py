@@ -711,3 +711,39 @@ def test_export_says_which_ssh_sessions_file_operations_could_not_be_read(env: E
         "read: no recording at" in message
     assert (f"the file operations of 1 SSH session(s) could not be read from their recordings "
             f"({sid}); everything else was exported") in message
+
+
+def test_transcript_of_interleaved_channels_says_whose_output_follows() -> None:
+    def ev(seq: int, type: str, **data: Any) -> Event:
+        return Event(seq, T0 + seq, type, data, "0" * 64, "0" * 64)
+
+    done = {"signal": None, "core_dumped": False, "message": ""}
+    stream = [
+        ev(0, "channel", channel=0, request="exec", command="make a", pty=None),
+        ev(1, "channel", channel=1, request="exec", command="make b", pty=None),
+        ev(2, "term_output", channel=0, data="a1\na", stream="stdout"),
+        ev(3, "term_output", channel=1, data="b1\n", stream="stdout"),
+        ev(4, "term_output", channel=0, data="2\n", stream="stdout"),
+        ev(5, "exit", channel=1, status=0, **done),
+        ev(6, "signal", channel=0, signal="INT"),
+        ev(7, "exit", channel=0, status=None, **{**done, "signal": "INT"}),
+    ]
+    plain = TerminalTranscript(plain=True)
+    assert "".join(plain.feed(e) or "" for e in stream).split("\n") == [
+        "$ make a",
+        "$ make b",
+        "[channel 0: $ make a]",
+        "a1",
+        "[channel 1: $ make b]",
+        "b1",
+        "[channel 0: $ make a]",
+        "a2",
+        "[channel 1: $ make b]",
+        "[exit 0]",
+        "[channel 0: $ make a]",
+        "[signal INT sent by the client]",
+        "[exit signal INT]",
+        "",
+    ]
+    only = TerminalTranscript(plain=True, channel=1)
+    assert "".join(only.feed(e) or "" for e in stream) == "$ make b\nb1\n[exit 0]\n"

@@ -24,7 +24,8 @@ terminal; the CLI does the reading, the waiting and the writing.
   with output; a session with neither raises :class:`NoTerminalChannel`, which
   lists the channels there are.
 * :class:`TerminalTranscript` renders the terminal events of a session for a
-  reader: a ``$ command`` line per exec channel, its output, ``[exit N]``.
+  reader: a ``$ command`` line per exec channel, its output, ``[exit N]``,
+  and a ``[channel N: ...]`` line whenever another channel's output follows.
   ``plain=False`` passes the output through untouched (for a real terminal,
   which interprets it); ``plain=True`` (a file or a pipe) interprets the
   little that makes lines readable (carriage return, backspace, erase in line,
@@ -511,9 +512,7 @@ class TerminalTranscript:
         message = _text(d.get("message"))
         if message:
             what += f": {message}"
-        if number is not None:
-            text += self._switch_to(self._channel(number))
-        return text + self._line(f"[{what}]")
+        return text + self._about(event) + self._line(f"[{what}]")
 
     def _on_file(self, event: Event) -> str:
         d = event.data
@@ -532,11 +531,16 @@ class TerminalTranscript:
         elif d.get("ok") is False:
             facts.append("failed")
         tail = f" ({', '.join(facts)})" if facts else ""
-        return self._line(f"[file {op} {where}{tail}]")
+        return self._about(event) + self._line(f"[file {op} {where}{tail}]")
 
     def _on_signal(self, event: Event) -> str:
         signal = _text(event.data.get("signal")) or "?"
-        return self._line(f"[signal {signal} sent by the client]")
+        return self._about(event) + self._line(f"[signal {signal} sent by the client]")
+
+    def _about(self, event: Event) -> str:
+        """The marker of the event's channel, if other output was shown since."""
+        number = _channel_of(event.data)
+        return self._switch_to(self._channel(number)) if number is not None else ""
 
     def _on_operation(self, event: Event) -> str:
         self._ops[event.data.get("op_seq")] = event.data
