@@ -44,6 +44,7 @@ from pathwarden.api.schemas import (
     WhoAmI,
     iso,
 )
+from pathwarden.api.ssh_routes import ssh_router
 from pathwarden.config import format_duration, parse_duration
 from pathwarden.identity.authenticate import BearerGrant, IssueError
 from pathwarden.identity.oidc import ExchangeError
@@ -285,6 +286,7 @@ def create_app(gateway: "Gateway") -> FastAPI:
         return JSONResponse([event_dict(e) for e in events], headers=headers)
 
     app.include_router(approvals_router(gateway))
+    app.include_router(ssh_router(gateway))
     return app
 
 

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pathwarden.identity.authenticate import IssuedCertificate
 from pathwarden.identity.tokens import IssuedToken
 from pathwarden.store import TokenRecord
 
@@ -15,6 +16,8 @@ __all__ = [
     "ExchangeRequest",
     "IssueRequest",
     "RevokeRequest",
+    "SshCertificateRequest",
+    "SshCertificateResponse",
     "TokenInfo",
     "TokenResponse",
     "WhoAmI",
@@ -25,6 +28,8 @@ __all__ = [
 ConnectionName = Annotated[str, Field(min_length=1, max_length=63)]
 Connections = Annotated[list[ConnectionName], Field(max_length=100)]
 TtlText = Annotated[str, Field(min_length=1, max_length=32)]
+# One OpenSSH public key line; a 16384-bit RSA key is about 2.8 KB.
+PublicKeyText = Annotated[str, Field(min_length=1, max_length=8192)]
 
 
 def iso(moment: datetime) -> str:
@@ -56,6 +61,34 @@ class RevokeRequest(_Request):
     """``POST /v1/tokens/{token_ref}/revoke`` (admin)."""
 
     reason: Annotated[str, Field(max_length=500)] | None = None
+
+
+class SshCertificateRequest(_Request):
+    """``POST /v1/ssh/certificates``: certify a public key for the bearer token's identity."""
+
+    public_key: PublicKeyText
+    ttl: TtlText | None = None
+    connections: Connections | None = None
+
+
+class SshCertificateResponse(BaseModel):
+    """A signed SSH user certificate (public: it is useless without the private key)."""
+
+    certificate: str
+    token_ref: str
+    identity: str
+    expires_at: str
+    connections: list[str] | None
+
+    @classmethod
+    def of(cls, issued: IssuedCertificate) -> SshCertificateResponse:
+        return cls(
+            certificate=issued.certificate,
+            token_ref=issued.token_ref,
+            identity=issued.identity,
+            expires_at=iso(issued.expires_at),
+            connections=_names(issued.connections),
+        )
 
 
 class TokenResponse(BaseModel):

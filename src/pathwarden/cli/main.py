@@ -28,6 +28,7 @@ from .connect_cmd import connect_command
 from .mask_cmd import mask_command
 from .pipeline_cmd import exec_command, login_command
 from .policy_cmd import policy_app
+from .ssh_cmd import ssh_app
 
 T = TypeVar("T")
 
@@ -53,6 +54,7 @@ app.add_typer(approvals_app, name="approvals")
 app.command("approve")(approve_command)
 app.command("deny")(deny_command)
 app.command("request")(request_command)
+app.add_typer(ssh_app, name="ssh")
 
 # Pipelines read this output from logs: don't squeeze tables into 80 columns there.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)

@@ -1,6 +1,20 @@
 """Who is connecting: gateway-issued tokens and the checks that turn them into identities."""
 
-from pathwarden.identity.authenticate import Authenticator, AuthError, IssueError
+from pathwarden.identity.authenticate import (
+    Authenticator,
+    AuthError,
+    IssuedCertificate,
+    IssueError,
+)
+from pathwarden.identity.ssh_ca import (
+    CertificateLogin,
+    LoginName,
+    PresentedCertificate,
+    SshCaError,
+    SshCertificateAuthority,
+    SshKeyError,
+    parse_login_name,
+)
 from pathwarden.identity.tokens import (
     IssuedToken,
     SigningKeyError,
@@ -13,11 +27,19 @@ from pathwarden.identity.tokens import (
 __all__ = [
     "AuthError",
     "Authenticator",
+    "CertificateLogin",
     "IssueError",
+    "IssuedCertificate",
     "IssuedToken",
+    "LoginName",
+    "PresentedCertificate",
     "SigningKeyError",
+    "SshCaError",
+    "SshCertificateAuthority",
+    "SshKeyError",
     "TokenAuthority",
     "TokenClaims",
     "TokenError",
+    "parse_login_name",
     "token_ref_for",
 ]
