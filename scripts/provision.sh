@@ -44,6 +44,8 @@ else
     fi
     pgbouncer_was_running=0
     pgrep -x pgbouncer >/dev/null 2>&1 && pgbouncer_was_running=1
+    sshd_was_running=0
+    pgrep -x sshd >/dev/null 2>&1 && sshd_was_running=1
     log=$(mktemp)
     if ! "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q >"$log" 2>&1 ||
         ! "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
@@ -64,8 +66,17 @@ else
             "${SUDO[@]}" service pgbouncer stop >/dev/null 2>&1 || true
         fi
     fi
+    # Likewise the Debian openssh-server package starts sshd on :22; tests start their own.
+    if ((sshd_was_running == 0)) && pgrep -x sshd >/dev/null 2>&1; then
+        step "system packages: stopping the ssh service the package started"
+        if command -v systemctl >/dev/null 2>&1 && [[ -d /run/systemd/system ]]; then
+            "${SUDO[@]}" systemctl disable --now ssh >/dev/null 2>&1 || true
+        else
+            "${SUDO[@]}" service ssh stop >/dev/null 2>&1 || true
+        fi
+    fi
     compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || die "initdb still missing after install"
-    for tool in psql pgbench pgbouncer; do
+    for tool in psql pgbench pgbouncer ssh sshd; do
         have "$tool" || die "$tool still missing after install"
     done
     step "system packages: installed"

@@ -176,8 +176,14 @@ def _locate(
     return (mark.line + 1, mark.column + 1), path.lstrip(".") or "(top level)"
 
 
+#: Tags of the connection union (config/schema.py ConnectionConfig).
+_CONNECTION_TAGS = frozenset({"postgres", "ssh", "unknown"})
+
+
 def _format_error(source: str, root: Node | None, error: Mapping[str, Any]) -> str:
     loc: tuple[str | int, ...] = tuple(error["loc"])
+    if len(loc) > 2 and loc[0] == "connections" and loc[2] in _CONNECTION_TAGS:
+        loc = loc[:2] + loc[3:]  # the protocol union's tag is not a YAML key
     ctx = error.get("ctx") or {}
     at = ctx.get("at")
     if isinstance(at, tuple):

@@ -21,12 +21,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
+    Discriminator,
     BaseModel,
     ConfigDict,
     Field,
     PlainSerializer,
     PlainValidator,
     ValidationError,
+    Tag,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -60,6 +62,8 @@ __all__ = [
     "PolicyConfig",
     "PostgresConnection",
     "SqlSettings",
+    "SshConnection",
+    "SshSettings",
     "StoreConfig",
     "TokenSettings",
     "TrustIssuer",
@@ -136,12 +140,43 @@ class _Socket(_Model):
         return split_host_port(self.bind)[1]
 
 
+#: Where a listener binds when ``bind`` is not given, by protocol.
+DEFAULT_BINDS = {"postgres": "127.0.0.1:15432", "ssh": "127.0.0.1:2222"}
+
+
 class ListenerConfig(_Socket):
-    """One socket the gateway accepts PostgreSQL clients on."""
+    """One socket the gateway accepts clients of one protocol on.
+
+    PostgreSQL listeners speak TLS (``tls``, ``require_tls``); SSH listeners
+    use their own transport encryption and a host key (``host_key``: an
+    OpenSSH private key file; None generates ``<data_dir>/ssh_host_ed25519_key``
+    on first start).
+    """
 
     name: Name
-    protocol: Literal["postgres"]
-    bind: str = "127.0.0.1:15432"
+    protocol: Literal["postgres", "ssh"]
+    bind: str = ""
+    host_key: ConfigPath | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_bind(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "bind" not in data:
+            protocol = data.get("protocol")
+            if isinstance(protocol, str) and protocol in DEFAULT_BINDS:
+                return {**data, "bind": DEFAULT_BINDS[protocol]}
+        return data
+
+    @model_validator(mode="after")
+    def _check_protocol_fields(self) -> ListenerConfig:
+        if self.protocol == "ssh" and self.tls is not None:
+            raise PydanticCustomError(
+                "listener", "an ssh listener has no tls: SSH encrypts its own transport; "
+                "give it a host_key instead", {"at": ("tls",)})
+        if self.protocol == "postgres" and self.host_key is not None:
+            raise PydanticCustomError(
+                "listener", "host_key applies to ssh listeners only", {"at": ("host_key",)})
+        return self
 
 
 class ApiSettings(_Socket):
@@ -178,8 +213,83 @@ class PostgresConnection(_Model):
     masking: MaskingSettings | None = None
 
 
-#: Every kind of connection; a discriminated union once more protocols exist.
-ConnectionConfig = PostgresConnection
+def _known_host_line(value: str) -> str:
+    text = " ".join(value.split())
+    parts = text.split(" ")
+    # "[host]:port keytype base64 ..." or "host keytype base64" or "keytype base64"
+    if len(parts) >= 2 and (parts[0].startswith(("ssh-", "ecdsa-", "sk-")) or len(parts) >= 3):
+        return text
+    raise PydanticCustomError(
+        "known_host",
+        "expected a known_hosts line ('host ssh-ed25519 AAAA...') or a public key "
+        "('ssh-ed25519 AAAA...'); `ssh-keyscan -p PORT HOST` prints the target's lines",
+        {})
+
+
+KnownHost = Annotated[str, AfterValidator(_known_host_line)]
+
+
+class SshConnection(_Model):
+    """An upstream SSH host clients reach by naming it as the SSH user name.
+
+    The gateway logs in as ``user`` with ``private_key`` and/or ``password``
+    (clients never hold them) and accepts the host only if its key is one of
+    ``known_hosts`` (inline lines or public keys) or is listed in
+    ``known_hosts_file``: an unknown or changed host key refuses the connection.
+    """
+
+    protocol: Literal["ssh"]
+    host: Annotated[str, Field(min_length=1)]
+    port: Port = 22
+    user: Annotated[str, Field(min_length=1)]
+    password: Secret | None = None
+    # An OpenSSH or PEM private key (its text), usually {file: path} or {env: VAR}.
+    private_key: Secret | None = None
+    private_key_passphrase: Secret | None = None
+    known_hosts: list[KnownHost] = Field(default_factory=list)
+    known_hosts_file: ConfigPath | None = None
+    connect_timeout: Duration = timedelta(seconds=10)
+    allow_all: bool = False
+    labels: dict[str, str] = Field(default_factory=dict)
+    masking: MaskingSettings | None = None
+
+    @model_validator(mode="after")
+    def _check_credentials(self) -> SshConnection:
+        if self.password is None and self.private_key is None:
+            raise PydanticCustomError(
+                "ssh_connection", "give private_key ({file: path}) and/or password: the "
+                "gateway logs in to the host itself, clients never hold its credentials",
+                {"at": ("private_key",)})
+        if not self.known_hosts and self.known_hosts_file is None:
+            raise PydanticCustomError(
+                "ssh_connection", "pin the host's key with known_hosts: [\"ssh-ed25519 AAAA...\"] "
+                "or known_hosts_file: (`ssh-keyscan -p {port} {host}` prints the lines); the "
+                "gateway refuses hosts whose key it cannot check",
+                {"port": self.port, "host": self.host, "at": ("known_hosts",)})
+        return self
+
+
+def _connection_protocol(value: Any) -> str:
+    if isinstance(value, dict):
+        protocol = value.get("protocol", "postgres")
+        return protocol if protocol in ("postgres", "ssh") else "unknown"
+    return str(getattr(value, "protocol", "unknown"))
+
+
+def _unknown_protocol(value: Any) -> Any:
+    protocol = value.get("protocol") if isinstance(value, dict) else None
+    raise PydanticCustomError(
+        "protocol", "unknown connection protocol '{protocol}'; supported: postgres, ssh",
+        {"protocol": str(protocol), "at": ("protocol",)})
+
+
+#: Every kind of connection, told apart by ``protocol`` (default ``postgres``).
+ConnectionConfig = Annotated[
+    Annotated[PostgresConnection, Tag("postgres")]
+    | Annotated[SshConnection, Tag("ssh")]
+    | Annotated[Any, PlainValidator(_unknown_protocol), Tag("unknown")],
+    Discriminator(_connection_protocol),
+]
 
 
 class IdentityConfig(_Model):
@@ -243,6 +353,24 @@ class AuthLimits(_Model):
     window: Duration = timedelta(minutes=1)
 
 
+class SshSettings(_Model):
+    """How SSH sessions are served (every ssh listener)."""
+
+    # How long a client may take to authenticate.
+    login_timeout: Duration = timedelta(seconds=30)
+    # Keepalives to the client and to the target; a peer silent for
+    # keepalive_count_max intervals is disconnected. 0s: off.
+    keepalive_interval: ZeroOrDuration = timedelta(seconds=30)
+    keepalive_count_max: Annotated[int, Field(ge=1, strict=True)] = 3
+    # Environment variables a client may pass to the target (globs); others are dropped.
+    accept_env: list[str] = Field(default_factory=lambda: ["LANG", "LC_*"])
+    # Interactive (pty) output is released this long after it stops arriving even
+    # without a line end, so prompts and keystroke echo are not held back by masking.
+    terminal_flush_delay: Duration = timedelta(milliseconds=5)
+    # The same for commands without a terminal (progress output without line ends).
+    output_flush_delay: Duration = timedelta(milliseconds=200)
+
+
 class AuditSettings(_Model):
     flush_interval: Duration = timedelta(milliseconds=200)
     max_batch: Annotated[int, Field(ge=1, strict=True)] = 500
@@ -304,6 +432,7 @@ class GatewayConfig(_Model):
     audit: AuditSettings = Field(default_factory=AuditSettings)
     auth_limits: AuthLimits = Field(default_factory=AuthLimits)
     sql: SqlSettings = Field(default_factory=SqlSettings)
+    ssh: SshSettings = Field(default_factory=SshSettings)
     policies: list[PolicyConfig] = Field(default_factory=list)
     masking: MaskingSettings = Field(default_factory=MaskingSettings)
     recording: RecordingSettings = Field(default_factory=RecordingSettings)

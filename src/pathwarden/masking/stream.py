@@ -95,6 +95,29 @@ class StreamMasker:
         except Exception as exc:
             return self._failed(exc)
 
+    def release_partial(self) -> bytes:
+        """Release held bytes now, masked, except an open private-key block.
+
+        For interactive output (a prompt, keystroke echo) after it stopped
+        arriving: a partial line is masked on its own and released instead of
+        waiting for its line end. What an open block holds, or a ``name:``
+        line waiting for its value line, stays held.
+        """
+        try:
+            buf = self._buf
+            if self._swallow or not buf:
+                return b""
+            open_at = self._open_block(buf)
+            cut = len(buf) if open_at < 0 else open_at
+            if cut == len(buf) and self._pairs and buf.endswith(b"\n"):
+                cut = self._hold_name_line(buf, cut)
+            if not cut:
+                return b""
+            self._buf = buf[cut:]
+            return self._mask(buf[:cut])
+        except Exception as exc:
+            return self._failed(exc)
+
     def _failed(self, exc: Exception) -> bytes:
         log.error("stream masking failed (%s); the held output was replaced",
                   type(exc).__name__)

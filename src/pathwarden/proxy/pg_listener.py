@@ -329,7 +329,11 @@ class PostgresListener:
         record.claims = identity.claims
         target = gw.targets.get(dbname)
         if target is None:  # authenticate() already refuses unknown connections
-            raise _Refused("3D000", f"pathwarden: no connection named {dbname}")
+            conn = gw.config.connections.get(dbname)
+            what = (f"is an {conn.protocol} connection, not a PostgreSQL database; reach it "
+                    f"with an {conn.protocol} client" if conn is not None else "does not exist")
+            raise _Refused("3D000", f"pathwarden: connection {dbname} {what}",
+                           reason=f"connection {dbname} {what}")
         conn_ref = ConnectionRef(dbname, Protocol.POSTGRES, gw.connection_labels(dbname))
         try:
             engine = gw.masking_for(identity, conn_ref)

@@ -1019,6 +1019,12 @@ class PgSession:
             self.closed.set_result(None)
         self._on_end(self)
 
+    def terminate(self, message: str, reason: str) -> None:
+        """End the session for a reason the client must read (a FATAL error first)."""
+        if not self._ended:
+            self._fatal("28000", message)
+            self.end(reason)
+
     def shutdown(self, message: str) -> None:
         """End the session because the gateway is stopping."""
         if not self._ended:
