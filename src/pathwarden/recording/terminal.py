@@ -368,6 +368,7 @@ class TerminalTranscript:
         self.only = channel
         self._channels: dict[int, _Channel] = {}
         self._ops: dict[Any, Mapping[str, Any]] = {}
+        self._denials: dict[Any, Any] = {}  # op_seq -> the reason shown with its verdict
         self._current: int | None = None  # the channel whose output was written last
         self._at_line_start = True
 
@@ -467,7 +468,9 @@ class TerminalTranscript:
         text += self._line(label)
         refused = _text(d.get("refused"))
         if refused is not None:
-            text += self._line(f"[refused: {refused}]")
+            op_seq = d.get("op_seq")
+            said = op_seq is not None and self._denials.get(op_seq) == refused
+            text += self._line("[refused]" if said else f"[refused: {refused}]")
         return text
 
     def _on_term_output(self, event: Event) -> str:
@@ -552,6 +555,7 @@ class TerminalTranscript:
         if verdict == "allow":
             return ""
         op = self._ops.get(d.get("op_seq"), {})
+        self._denials[d.get("op_seq")] = d.get("reason")
         word = _VERDICT_WORD.get(verdict, verdict.upper())
         where = f"policy {d.get('policy') or '-'}"
         if d.get("rule") is not None:
