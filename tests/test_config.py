@@ -158,7 +158,7 @@ def test_misspelt_key_is_an_error_pointing_at_the_key_with_a_suggestion() -> Non
         "pw.yaml:4:5: listeners[0].requre_tls: unknown field 'requre_tls'; "
         "did you mean 'require_tls'?"
     )
-    assert "valid fields: allow_plaintext_loopback, bind, name" in message
+    assert "valid fields: allow_plaintext_loopback, bind, host_key, name" in message
 
 
 def test_unknown_top_level_key_is_an_error() -> None:

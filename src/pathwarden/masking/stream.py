@@ -77,6 +77,11 @@ class StreamMasker:
         """Bytes held back, not yet released."""
         return len(self._buf)
 
+    @property
+    def pending(self) -> bytes:
+        """The bytes held back (not masked yet)."""
+        return self._buf
+
     def feed(self, data: bytes) -> bytes:
         """Take the next piece; return the masked bytes that may be released now."""
         try:

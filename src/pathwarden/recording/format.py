@@ -46,7 +46,8 @@ FORMAT_VERSION = 1
 #: docs/recording.md. Readers accept any type matching ``TYPE_PATTERN``.
 EVENT_TYPES = (
     "session_start", "operation", "decision", "approval", "result", "notice", "error",
-    "truncated", "session_end", "term_output", "term_input", "resize", "exec",
+    "truncated", "session_end", "term_output", "term_input", "resize", "exec", "channel",
+    "exit", "file", "signal",
 )
 
 TYPE_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,63}\Z")
