@@ -392,9 +392,17 @@ def kinds(
         metavar="CLASS", help="Only this action class.", show_default=False)] = None,
 ) -> None:
     """List the action classes and kinds rules can name, the flags and the conditions."""
-    if action_class is not None and action_class not in ACTION_CLASSES:
+    from ..policy.rules import (
+        ALL_ACTION_CLASSES,
+        CLASS_CONDITIONS,
+        KIND_CLASS,
+        SSH_ACTION_CLASSES,
+        SSH_FLAGS,
+    )
+
+    if action_class is not None and action_class not in ALL_ACTION_CLASSES:
         raise _fail(f"unknown action class {action_class!r}; classes: "
-                    f"{', '.join(ACTION_CLASSES)}")
+                    f"{', '.join(ALL_ACTION_CLASSES)}")
     notes = {"function": "call_<function name> (one per side-effect function)",
              "unknown": "the parser's node name of the statement (e.g. CreateFdwStmt)"}
     for cls, names in ACTION_CLASSES.items():
@@ -405,6 +413,17 @@ def kinds(
             default = sorted(_classifier().DEFAULT_SIDE_EFFECT_FUNCTIONS)
             typer.echo(f"side-effect functions by default (sql.side_effect_functions): "
                        f"{', '.join(default)}")
+    for cls, names in SSH_ACTION_CLASSES.items():
+        if action_class not in (None, cls):
+            continue
+        shared = sorted(n for n in names if n in KIND_CLASS)
+        note = "".join(f" ({n} only as {{{cls}: {{kinds: [{n}]}}}}: alone, {n} is the "
+                       f"{KIND_CLASS[n]} kind)" for n in shared)
+        typer.echo(f"{cls}: {', '.join(sorted(names))}{note}")
     if action_class is None:
-        typer.echo(f"flags: {', '.join(sorted(ACTION_FLAGS))}")
-        typer.echo(f"conditions: {', '.join(CONDITION_KEYS)}")
+        sql_conditions = CLASS_CONDITIONS["read"]
+        typer.echo(f"flags: {', '.join(sorted(ACTION_FLAGS - SSH_FLAGS))}")
+        typer.echo(f"SSH flags: {', '.join(sorted(SSH_FLAGS))}")
+        typer.echo(f"conditions: {', '.join(k for k in CONDITION_KEYS if k in sql_conditions)}")
+        typer.echo("SSH conditions: " + "; ".join(
+            f"{cls}: {', '.join(CLASS_CONDITIONS[cls])}" for cls in SSH_ACTION_CLASSES))

@@ -8,25 +8,42 @@ is parsed into :class:`PolicyConfig` values (:mod:`.rules`), and a
 ``deny`` over ``require_approval`` over ``allow`` across every policy that
 applies to the identity and connection, with an explanation naming the policy,
 the rule and the statement.
+
+SSH operations use the same engine: :mod:`.shell` turns an exec command line
+into one action per command it runs (``exec`` class), and the SSH gateway
+builds ``shell``, ``file_transfer`` and ``forwarding`` actions itself; the
+rule vocabulary for them is in :mod:`.rules` (``SSH_ACTION_CLASSES``).
 """
 
 from .engine import ActionDecision, Explanation, PolicyEngine, describe_action
 from .rules import (
     ACTION_CLASSES,
     ACTION_FLAGS,
+    ALL_ACTION_CLASSES,
+    ALLOW_EVERYTHING,
+    CLASS_CONDITIONS,
     CONDITION_KEYS,
+    SSH_ACTION_CLASSES,
+    SSH_FLAGS,
     ConnectionMatcher,
     IdentityMatcher,
     PolicyConfig,
     Rule,
     class_of_kind,
+    kinds_of,
     parse_rule,
 )
+from .shell import ShellClassifier, classify_command, normalize_path
 
 __all__ = [
     "ACTION_CLASSES",
     "ACTION_FLAGS",
+    "ALLOW_EVERYTHING",
+    "ALL_ACTION_CLASSES",
+    "CLASS_CONDITIONS",
     "CONDITION_KEYS",
+    "SSH_ACTION_CLASSES",
+    "SSH_FLAGS",
     "ActionDecision",
     "ConnectionMatcher",
     "Explanation",
@@ -34,7 +51,11 @@ __all__ = [
     "PolicyConfig",
     "PolicyEngine",
     "Rule",
+    "ShellClassifier",
     "class_of_kind",
+    "classify_command",
     "describe_action",
+    "kinds_of",
+    "normalize_path",
     "parse_rule",
 ]

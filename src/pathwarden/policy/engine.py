@@ -43,7 +43,10 @@ from .rules import RULE_SECTIONS, PolicyConfig, Rule, RuleSection
 __all__ = ["ActionDecision", "Explanation", "PolicyEngine", "describe_action"]
 
 #: Action classes allowed without a rule once some applicable policy allows anything.
+#: SQL only: no SSH class is plumbing (an SSH ``shell`` is not a SQL ``session``).
 PLUMBING_CLASSES = frozenset({"transaction", "session"})
+# The object sort naming what an SSH action of these classes touches.
+_SSH_OBJECTS = {"file_transfer": "paths", "forwarding": "targets"}
 
 _VERDICT_OF: dict[RuleSection, Verdict] = {
     "deny": Verdict.DENY,
@@ -87,12 +90,33 @@ class Explanation:
 
 
 def describe_action(action: Action) -> str:
-    """``delete on public.users``, ``set statement_timeout``, ``call_pg_sleep`` ..."""
+    """``delete on public.users``, ``set statement_timeout``, ``call_pg_sleep`` ...
+
+    SSH actions: ``exec systemctl restart shop`` (the canonical command line,
+    cut to about 80 characters), ``opaque shell program (here-document)``,
+    ``upload /srv/releases/app.tgz``, ``local_port db.internal:5432``.
+    """
+    if action.action == "exec":
+        if action.kind == "opaque":
+            reason = action.names("reason")
+            return f"opaque shell program ({_one_line(reason[0] if reason else 'unreadable')})"
+        commands = action.names("commands")
+        return "exec " + _one_line(commands[0] if commands else action.text)
+    if action.action in _SSH_OBJECTS:
+        names = action.names(_SSH_OBJECTS[action.action])
+        return f"{action.kind} {_list([_one_line(n) for n in names])}" if names else action.kind
     for sort, joiner in (("tables", " on "), ("settings", " "), ("prepared", " ")):
         names = action.names(sort)
         if names:
             return action.kind + joiner + _list(names)
     return action.kind
+
+
+def _one_line(text: str) -> str:
+    """``text`` on one line (control characters escaped), cut to about 80 characters."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= _MAX_TEXT else text[: _MAX_TEXT - 3] + "..."
 
 
 def _list(names: Sequence[str]) -> str:

@@ -21,6 +21,29 @@ matches whatever the action's class in ``deny``/``require_approval``; in
 asymmetries fail closed: a condition can never widen an allow to objects it
 does not name.
 
+SSH operations (:mod:`.shell` classifies exec command lines; the SSH gateway
+builds the others) add the classes ``exec``, ``shell``, ``file_transfer`` and
+``forwarding``, with their own conditions (``commands``, ``programs``,
+``paths``, ``targets``; :data:`CLASS_CONDITIONS` says which class takes which).
+They fail closed the same way, and more:
+
+- ``programs`` in ``allow`` match the program as written (every program of the
+  action, wrappers included); in ``deny``/``require_approval`` the basename
+  too (``/usr/bin/rm`` is ``rm``), and any one program is enough.
+- ``paths`` are matched after lexical normalisation; a relative or ``~`` path
+  (a redirection in an exec) matches an ``allow`` pattern only as written, but
+  a ``deny``/``require_approval`` pattern whenever some tail of the pattern
+  matches it, since the directory it resolves against is not known here.
+- In ``allow``, an ``opaque`` action (a shell program the classifier could not
+  read) is matched only by a rule naming the kind ``opaque``, and an action
+  flagged ``dynamic`` or ``assignment`` only by a rule whose ``flags:`` lists
+  that flag: ``allow: [exec]`` never covers what the gateway could not see.
+- A kind rule in ``allow`` matches its own class only; in ``deny`` and
+  ``require_approval`` it matches that kind in any class. This matters for the
+  two kinds whose name is taken (:data:`QUALIFIED_KINDS`): the SFTP
+  ``rename`` (``rename`` alone is the SQL ``ddl`` kind) and the ``shell``
+  kind, written ``{file_transfer: {kinds: [rename]}}`` and ``shell``.
+
 This module must not import :mod:`pathwarden.config` (the config schema
 imports it).
 """
@@ -38,19 +61,29 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializ
 from pydantic_core import PydanticCustomError
 
 from ..model import Action, ConnectionRef, Identity
+from .shell import normalize_path
 
 __all__ = [
     "ACTION_CLASSES",
     "ACTION_FLAGS",
+    "ALLOW_EVERYTHING",
+    "ALL_ACTION_CLASSES",
+    "CLASS_CONDITIONS",
     "CONDITION_KEYS",
     "KIND_CLASS",
+    "QUALIFIED_KINDS",
     "RULE_SECTIONS",
+    "SSH_ACTION_CLASSES",
+    "SSH_CLASSES",
+    "SSH_FLAGS",
+    "SSH_KIND_CLASS",
     "ConnectionMatcher",
     "IdentityMatcher",
     "PolicyConfig",
     "Rule",
     "RuleSection",
     "class_of_kind",
+    "kinds_of",
     "parse_connection_entry",
     "parse_identity_entry",
     "parse_rule",
@@ -70,9 +103,10 @@ _DDL_OBJECTS = (
     "trigger", "type", "view",
 )
 
-#: Every action class and its kinds (see docs/policy.md). ``function``
+#: Every SQL action class and its kinds (see docs/policy.md). ``function``
 #: kinds are ``call_<function name>`` and ``unknown`` kinds are parser node
-#: names; neither can be listed, so both sets are empty here.
+#: names; neither can be listed, so both sets are empty here. Each kind belongs
+#: to exactly one class, so a kind alone names it in a rule.
 ACTION_CLASSES: Mapping[str, frozenset[str]] = {
     "read": frozenset({
         "select", "values", "table", "show", "explain", "fetch", "declare_cursor",
@@ -109,12 +143,54 @@ ACTION_CLASSES: Mapping[str, frozenset[str]] = {
     "unknown": frozenset(),
 }
 
-#: kind -> its class, for every listable kind.
+#: The action classes of SSH operations and their kinds (docs/policy.md, "SSH
+#: operations"): ``exec`` is one command of an exec command line
+#: (:mod:`.shell`), ``shell`` an interactive shell, ``file_transfer`` an SFTP
+#: request or a legacy scp (``upload``/``download``), ``forwarding`` a port,
+#: agent, X11 or socket forwarding request.
+SSH_ACTION_CLASSES: Mapping[str, frozenset[str]] = {
+    "exec": frozenset({"command", "assignment", "opaque"}),
+    "shell": frozenset({"shell"}),
+    "file_transfer": frozenset({
+        "read_file", "write_file", "list_dir", "stat", "remove", "rename", "mkdir", "rmdir",
+        "symlink", "set_attributes", "upload", "download", "sftp",
+    }),
+    "forwarding": frozenset({"local_port", "remote_port", "agent", "x11", "unix_socket"}),
+}
+
+#: Every action class, SQL then SSH.
+ALL_ACTION_CLASSES: Mapping[str, frozenset[str]] = {**ACTION_CLASSES, **SSH_ACTION_CLASSES}
+
+#: The classes of SSH operations.
+SSH_CLASSES: frozenset[str] = frozenset(SSH_ACTION_CLASSES)
+
+#: kind -> its class, for every listable SQL kind.
 KIND_CLASS: Mapping[str, str] = {
     kind: cls for cls, kinds in ACTION_CLASSES.items() for kind in kinds
 }
 
-#: Flags the classifier sets on actions; ``flags:`` conditions may name these.
+#: SSH kinds whose name is already a class or a SQL kind: they are named only
+#: under their class. ``rename`` alone is the ``ddl`` kind, the SFTP one is
+#: ``{file_transfer: {kinds: [rename]}}``; the rule ``shell`` is the class,
+#: whose only kind is ``shell``.
+QUALIFIED_KINDS: Mapping[str, frozenset[str]] = {
+    cls: taken for cls, kinds in SSH_ACTION_CLASSES.items()
+    if (taken := frozenset(k for k in kinds if k in KIND_CLASS or k in ALL_ACTION_CLASSES))
+}
+
+#: kind -> its class, for every SSH kind that a kind alone can name.
+SSH_KIND_CLASS: Mapping[str, str] = {
+    kind: cls for cls, kinds in SSH_ACTION_CLASSES.items() for kind in kinds
+    if kind not in QUALIFIED_KINDS.get(cls, ())
+}
+
+#: The flags of SSH actions: exec command lines (policy/shell.py), sessions, transfers.
+SSH_FLAGS: frozenset[str] = frozenset({
+    "dynamic", "assignment", "redirect", "write_redirect", "pipeline", "sequence",
+    "background", "substitution", "nested", "pty", "recursive", "outside_home",
+})
+
+#: Flags the classifiers set on actions; ``flags:`` conditions may name these.
 ACTION_FLAGS: frozenset[str] = frozenset({
     # statements
     "without_where", "returning", "data_modifying_cte", "on_conflict", "explain_analyze",
@@ -127,11 +203,38 @@ ACTION_FLAGS: frozenset[str] = frozenset({
     # transaction and session
     "two_phase", "chain", "local", "default", "all", "plans", "sequences",
     "session_characteristics", "snapshot",
-})
+}) | SSH_FLAGS
 
-#: Keys a rule's condition mapping may hold.
+#: Keys a rule's condition mapping may hold (CLASS_CONDITIONS: which class takes which).
 CONDITION_KEYS: tuple[str, ...] = (
     "tables", "kinds", "functions", "settings", "without_where", "flags",
+    "commands", "programs", "paths", "targets",
+)
+
+_SQL_CONDITIONS = ("tables", "kinds", "functions", "settings", "without_where", "flags")
+#: The conditions each class's rules may use.
+CLASS_CONDITIONS: Mapping[str, tuple[str, ...]] = {
+    cls: _SQL_CONDITIONS for cls in ACTION_CLASSES
+} | {
+    "exec": ("kinds", "flags", "commands", "programs", "paths"),
+    "shell": ("kinds", "flags"),
+    "file_transfer": ("kinds", "flags", "paths"),
+    "forwarding": ("kinds", "flags", "targets"),
+}
+
+#: In ``allow``, actions of these kinds are matched only by a rule naming the kind ...
+_NAMED_ONLY_KINDS = frozenset({"opaque"})
+#: ... and actions with these flags only by a rule listing the flag in ``flags:``.
+_LISTED_ONLY_FLAGS = frozenset({"dynamic", "assignment"})
+
+#: An ``allow`` list that covers every action, fail-closed ones included (what a
+#: connection's ``allow_all`` means).
+ALLOW_EVERYTHING: tuple[object, ...] = (
+    *ALL_ACTION_CLASSES,
+    "opaque",
+    {"exec": {"flags": ["dynamic"]}},
+    {"exec": {"flags": ["assignment"]}},
+    {"exec": {"flags": ["dynamic", "assignment"]}},
 )
 
 RuleSection = Literal["allow", "require_approval", "deny"]
@@ -144,11 +247,22 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 
 
 def class_of_kind(kind: str) -> str | None:
-    """The class a kind belongs to (``call_<f>`` -> ``function``); None if unknown."""
+    """The class a kind belongs to (``call_<f>`` -> ``function``); None if unknown.
+
+    Kinds in :data:`QUALIFIED_KINDS` are not looked up here: ``rename`` is the
+    ``ddl`` kind, ``shell`` the class.
+    """
     cls = KIND_CLASS.get(kind)
-    if cls is None and _FUNCTION_KIND.fullmatch(kind):
-        return "function"
+    if cls is None:
+        if _FUNCTION_KIND.fullmatch(kind):
+            return "function"
+        return SSH_KIND_CLASS.get(kind)
     return cls
+
+
+def kinds_of(cls: str) -> frozenset[str]:
+    """Every listable kind of ``cls`` (SQL or SSH), those named only under it included."""
+    return ALL_ACTION_CLASSES.get(cls, frozenset())
 
 
 # -- rendering --------------------------------------------------------------------
@@ -204,10 +318,58 @@ def _match_setting(pattern: str, name: str) -> bool:
     return fnmatchcase(name.lower(), pattern)
 
 
+def _match_program(pattern: str, name: str, loose: bool) -> bool:
+    """Programs match as written; ``loose`` (deny/approval) also by basename.
+
+    Loose matching also lets a pattern with a directory (``/usr/bin/rm``) match
+    the bare name (``rm``): which file a PATH lookup finds is unknown here.
+    """
+    if fnmatchcase(name, pattern):
+        return True
+    if not loose:
+        return False
+    if fnmatchcase(name.rsplit("/", 1)[-1], pattern):
+        return True
+    return "/" in pattern and "/" not in name and fnmatchcase(name, pattern.rsplit("/", 1)[-1])
+
+
+def _match_path(pattern: str, path: str, loose: bool) -> bool:
+    """Absolute paths match after normalisation; others as written, or loosely by their tail.
+
+    A relative path (``out.txt``), a ``~`` path or one starting with an
+    expansion (``$HOME/x``) resolves against a directory unknown here, so in
+    ``deny``/``require_approval`` it matches when some tail of the pattern
+    (the part after one of its ``/``) matches what follows that unknown start.
+    """
+    if path.startswith("/"):
+        return fnmatchcase(normalize_path(path), pattern)
+    if fnmatchcase(path, pattern):
+        return True
+    if not loose:
+        return False
+    rest = path
+    if rest.startswith(("~", "$")):
+        rest = rest.partition("/")[2]
+    while rest.startswith(("../", "./")):
+        rest = rest.partition("/")[2]
+    if not rest:
+        return True
+    start = pattern.find("/")
+    while start >= 0:
+        if fnmatchcase(rest, pattern[start + 1:]):
+            return True
+        start = pattern.find("/", start + 1)
+    return False
+
+
 _MATCHERS: Mapping[str, Callable[[str, str, bool], bool]] = {
     "tables": lambda p, n, _loose: _match_table(p, n),
     "functions": _match_function,
     "settings": lambda p, n, _loose: _match_setting(p, n),
+    "commands": lambda p, n, _loose: fnmatchcase(n, p),
+    "programs": _match_program,
+    "paths": _match_path,
+    "targets": lambda p, n, _loose: fnmatchcase(n, p),
 }
 
 
@@ -241,7 +403,9 @@ class Rule:
         """None when the rule matches, else a short reason why not (for explanations)."""
         loose = section != "allow"
         if self.kind is not None:
-            if action.kind != self.kind:
+            # In deny/approval a kind matches in any class (fail closed where two
+            # classes share a kind's name); in allow only in its own class.
+            if action.kind != self.kind or (not loose and action.action != self.action):
                 return "kind"
         elif self.action is not None and action.action != self.action and not (
             loose and self.any_class_functions
@@ -249,6 +413,17 @@ class Rule:
             return "class"
         if self.kinds is not None and action.kind not in self.kinds:
             return f"kind {action.kind} is not in kinds"
+        if not loose:
+            if action.kind in _NAMED_ONLY_KINDS and action.kind != self.kind and (
+                    self.kinds is None or action.kind not in self.kinds):
+                return (f"does not name the kind {action.kind} (an allow covers "
+                        f"{action.kind} programs only when it does, e.g. "
+                        f"{{{action.action}: {{kinds: [{action.kind}]}}}})")
+            unlisted = (action.flags & _LISTED_ONLY_FLAGS) - self.flags
+            if unlisted:
+                listed = ", ".join(sorted(unlisted))
+                return (f"does not list flag {listed} (an allow covers such commands only "
+                        f"with flags: [{listed}])")
         if not self.flags <= action.flags:
             missing = ", ".join(sorted(self.flags - action.flags))
             return f"flag {missing} not set"
@@ -288,17 +463,28 @@ def _as_names(value: object, what: str, at: tuple[str | int, ...]) -> list[str]:
 
 
 def _known_key_error(key: str) -> PydanticCustomError:
-    classes = ", ".join(ACTION_CLASSES)
-    return _error(
-        f"unknown action class or kind {key!r}{_suggest(key, [*ACTION_CLASSES, *KIND_CLASS])} "
-        f"(classes: {classes}; kinds: e.g. select, insert, delete, drop_table, set_role, "
-        "call_<function>; `pathwarden policy kinds` lists them all)"
-    )
+    """Names the valid alternatives: of SQL, of SSH, or of both when nothing is close."""
+    sql_names = [*ACTION_CLASSES, *KIND_CLASS]
+    ssh_names = [*SSH_ACTION_CLASSES, *SSH_KIND_CLASS]
+    close = difflib.get_close_matches(key, sql_names + ssh_names, n=1, cutoff=0.7)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    sql = (f"classes: {', '.join(ACTION_CLASSES)}; kinds: e.g. select, insert, delete, "
+           "drop_table, set_role, call_<function>")
+    ssh = (f"SSH classes: {', '.join(SSH_ACTION_CLASSES)}; SSH kinds: e.g. command, opaque, "
+           "upload, read_file, local_port")
+    if close and close[0] in sql_names:
+        listing = sql
+    elif close:
+        listing = ssh
+    else:
+        listing = f"{sql}; {ssh}"
+    return _error(f"unknown action class or kind {key!r}{hint} "
+                  f"({listing}; `pathwarden policy kinds` lists them all)")
 
 
 def _resolve_key(key: str) -> tuple[str | None, str | None]:
     """(class, kind) a rule key stands for; raises for unknown keys."""
-    if key in ACTION_CLASSES:
+    if key in ALL_ACTION_CLASSES:
         return key, None
     cls = class_of_kind(key)
     if cls is None:
@@ -340,9 +526,10 @@ def parse_rule(value: object) -> Rule:
         )
     if conditions is None:
         conditions = {}
+    valid = CLASS_CONDITIONS.get(cls or "", CONDITION_KEYS)
     if not isinstance(conditions, Mapping):
         raise _error(
-            f"conditions of {key!r} must be a mapping with keys {', '.join(CONDITION_KEYS)}; "
+            f"conditions of {key!r} must be a mapping with keys {', '.join(valid)}; "
             f"got {render_value(conditions)}",
             at,
         )
@@ -352,6 +539,12 @@ def parse_rule(value: object) -> Rule:
     absent: set[str] = set()
     for name, cond in conditions.items():
         cat = (*at, str(name))
+        if name in CONDITION_KEYS and name not in valid:
+            raise _error(
+                f"condition {name!r} does not apply to {cls} actions in rule {source} "
+                f"(valid conditions for {cls}: {', '.join(valid)})",
+                cat,
+            )
         if name == "kinds":
             kinds = frozenset(_parse_kinds(cls, kind, key, cond, cat))
         elif name == "tables":
@@ -363,6 +556,12 @@ def parse_rule(value: object) -> Rule:
         elif name == "settings":
             objects.append(("settings", tuple(
                 n.lower() for n in _as_names(cond, "settings", cat))))
+        elif name in ("commands", "programs", "targets"):
+            objects.append((str(name), tuple(_as_names(cond, str(name), cat))))
+        elif name == "paths":
+            objects.append(("paths", tuple(
+                _path_pattern(p, (*cat, index))
+                for index, p in enumerate(_as_names(cond, "paths", cat)))))
         elif name == "flags":
             for index, flag in enumerate(_as_names(cond, "flags", cat)):
                 if flag not in ACTION_FLAGS:
@@ -379,8 +578,8 @@ def parse_rule(value: object) -> Rule:
             (flags if cond else absent).add("without_where")
         else:
             raise _error(
-                f"unknown condition {name!r}{_suggest(str(name), CONDITION_KEYS)} in rule "
-                f"{source} (valid conditions: {', '.join(CONDITION_KEYS)})",
+                f"unknown condition {name!r}{_suggest(str(name), valid)} in rule "
+                f"{source} (valid conditions: {', '.join(valid)})",
                 cat,
             )
     # {function: {functions: [...]}} is the long form of {function: [...]}.
@@ -388,6 +587,15 @@ def parse_rule(value: object) -> Rule:
     return Rule(key=key, action=cls, kind=kind, kinds=kinds, objects=tuple(objects),
                 flags=frozenset(flags), absent_flags=frozenset(absent),
                 any_class_functions=any_class, source=source, raw=value)
+
+
+def _path_pattern(pattern: str, at: tuple[str | int, ...]) -> str:
+    """A ``paths`` glob: absolute (or starting with ``*``), normalised like the paths."""
+    if not pattern.startswith(("/", "*")):
+        raise _error(f"path pattern {pattern!r} must be absolute, e.g. /srv/releases/* "
+                     "(paths are matched as normalised absolute paths; * matches across /)",
+                     at)
+    return normalize_path(pattern) if pattern.startswith("/") else pattern
 
 
 def _parse_kinds(
@@ -401,9 +609,9 @@ def _parse_kinds(
         if cls == "unknown":
             continue  # parser node names: any spelling
         owner = class_of_kind(name)
-        if owner == cls:
+        if owner == cls or name in QUALIFIED_KINDS.get(cls or "", ()):
             continue
-        valid = sorted(ACTION_CLASSES.get(cls or "", ())) or (
+        valid = sorted(kinds_of(cls or "")) or (
             ["call_<function>"] if cls == "function" else [])
         if owner is not None:
             detail = f"kind {name!r} belongs to class {owner}, not {cls}"
