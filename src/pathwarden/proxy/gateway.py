@@ -26,7 +26,7 @@ import signal
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ..approvals import ApprovalRequest, ApprovalService
 from ..approvals.notify import build_notifiers
@@ -36,6 +36,7 @@ from ..config import (
     ConfigError,
     GatewayConfig,
     PostgresConnection,
+    SshConnection,
     format_duration,
     load_config,
 )
@@ -45,8 +46,11 @@ from ..identity.oidc import OidcExchange
 from ..identity.ratelimit import FailureLimiter
 from ..masking import MaskEngine, engine_for
 from ..masking.settings import MaskingError, mask_options
-from ..model import ConnectionRef, Identity, Operation
+from ..model import ConnectionRef, Identity, Operation, SessionRecord
+from ..model import Protocol as ModelProtocol
 from ..policy import ACTION_CLASSES, PolicyConfig, PolicyEngine
+from ..policy.rules import ALLOW_EVERYTHING
+from ..policy.shell import ShellClassifier
 from ..policy.sql import DEFAULT_SIDE_EFFECT_FUNCTIONS, PostgresClassifier
 from ..store import Store, StoreError, TokenRecord, open_store, store_url_for
 from .approvals_gate import ApprovalGate, request_view
@@ -61,6 +65,40 @@ if TYPE_CHECKING:
     from ..api import ApiServer
 
 log = logging.getLogger(__name__)
+
+
+class LiveSession(Protocol):
+    """What the gateway needs of a live session of any protocol."""
+
+    record: SessionRecord
+    identity: Identity
+    pending_approval: int | None
+
+    def approval_waiting(self, request_id: int, notice: str) -> None: ...
+
+    def terminate(self, message: str, reason: str) -> None:
+        """Tell the client why, then end the session (a revoked or expired token)."""
+        ...
+
+    def shutdown(self, message: str) -> None: ...
+
+
+class Listener(Protocol):
+    @property
+    def address(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def build_targets(config: GatewayConfig) -> dict[str, UpstreamTarget]:
+    """The PostgreSQL connections' dialing parameters, by name."""
+    return {n: build_target(n, c) for n, c in config.connections.items()
+            if isinstance(c, PostgresConnection)}
 
 
 def build_target(name: str, conn: PostgresConnection) -> UpstreamTarget:
@@ -102,16 +140,16 @@ class Gateway:
                                  ApprovalGate(build_authorizer(config), self.approvals, self),
                                  self.audit)
         self._watch_task: asyncio.Task[None] | None = None
-        self.targets = {n: build_target(n, c) for n, c in config.connections.items()}
+        self.targets = build_targets(config)
         self._masking: dict[tuple[str, tuple[str, ...]], MaskEngine | None] = {}
         # Failed logins per client address and per identity, on every protocol and the API.
         limits = config.auth_limits
         self.auth_limiter = FailureLimiter(per_source=limits.failures_per_source,
                                            per_subject=limits.failures_per_identity,
                                            window=limits.window.total_seconds())
-        self.listeners: list[PostgresListener] = []
-        self.sessions: set[PgSession] = set()
-        self._by_id: dict[str, PgSession] = {}
+        self.listeners: list[Listener] = []
+        self.sessions: set[LiveSession] = set()
+        self._by_id: dict[str, LiveSession] = {}
         self._cancel_keys: dict[tuple[int, bytes], PgSession] = {}
         self._keys_of: dict[PgSession, tuple[int, bytes]] = {}
         # None: no `trust:` configured, the API's exchange answers 404.
@@ -119,7 +157,7 @@ class Gateway:
         self._retired_oidc: list[OidcExchange] = []
         self.api: ApiServer | None = None
         self._token_task: asyncio.Task[None] | None = None
-        self._expiry: dict[PgSession, asyncio.TimerHandle] = {}
+        self._expiry: dict[LiveSession, asyncio.TimerHandle] = {}
         # None: recording.enabled is false.
         self.recorder: Recorder | None = (
             Recorder(config.recording, Path(config.data_dir), store, authority.signing_key)
@@ -132,6 +170,13 @@ class Gateway:
             await self.recorder.start()
         data_dir = self.config.data_dir
         for lc in self.config.listeners:
+            if lc.protocol == "ssh":
+                from ..ssh.server import SshListener
+
+                ssh_listener = SshListener(self, lc)
+                await ssh_listener.start()
+                self.listeners.append(ssh_listener)
+                continue
             if lc.tls is not None:
                 ctx = server_context(lc.tls.cert_file, lc.tls.key_file)
             else:
@@ -177,7 +222,7 @@ class Gateway:
             new = load_config(self.config_path)
             classifier = build_classifier(new)
             authorizer = build_authorizer(new)
-            targets = {n: build_target(n, c) for n, c in new.connections.items()}
+            targets = build_targets(new)
             check_masking(new)
         except (ConfigError, MaskingError) as exc:
             log.error("configuration reload rejected; the running configuration stays:\n%s",
@@ -310,7 +355,7 @@ class Gateway:
         for session in list(self.sessions):
             if self._expired(session, now):
                 ended += self._end_expired(session)
-        by_ref: dict[str, list[PgSession]] = {}
+        by_ref: dict[str, list[LiveSession]] = {}
         for session in self.sessions:
             if session.identity.token_ref is not None:
                 by_ref.setdefault(session.identity.token_ref, []).append(session)
@@ -321,7 +366,8 @@ class Gateway:
             ended += self.end_revoked(record, by_ref.get(ref, ()))
         return ended
 
-    def end_revoked(self, record: TokenRecord, sessions: Iterable[PgSession] | None = None) -> int:
+    def end_revoked(self, record: TokenRecord,
+                    sessions: Iterable[LiveSession] | None = None) -> int:
         """End the live sessions of a revoked token at once; returns how many."""
         ref = record.token_ref
         targets = [s for s in (self.sessions if sessions is None else sessions)
@@ -335,15 +381,15 @@ class Gateway:
                  "token revoked")
         return len(targets)
 
-    def _deadline(self, session: PgSession) -> datetime | None:
+    def _deadline(self, session: LiveSession) -> datetime | None:
         expires = session.identity.expires_at
         return None if expires is None else expires + self.config.tokens.session_grace
 
-    def _expired(self, session: PgSession, now: datetime) -> bool:
+    def _expired(self, session: LiveSession, now: datetime) -> bool:
         deadline = self._deadline(session)
         return deadline is not None and now >= deadline
 
-    def _schedule_expiry(self, session: PgSession) -> None:
+    def _schedule_expiry(self, session: LiveSession) -> None:
         old = self._expiry.pop(session, None)
         if old is not None:
             old.cancel()
@@ -354,7 +400,7 @@ class Gateway:
         self._expiry[session] = asyncio.get_running_loop().call_later(
             delay, self._on_expiry, session)
 
-    def _on_expiry(self, session: PgSession) -> None:
+    def _on_expiry(self, session: LiveSession) -> None:
         self._expiry.pop(session, None)
         if session not in self.sessions:
             return
@@ -363,7 +409,7 @@ class Gateway:
             return
         self._end_expired(session)
 
-    def _end_expired(self, session: PgSession) -> int:
+    def _end_expired(self, session: LiveSession) -> int:
         if session not in self.sessions:
             return 0
         who = session.identity
@@ -432,22 +478,26 @@ class Gateway:
             if key not in self._cancel_keys:
                 return key
 
-    def session_started(self, session: PgSession, key: tuple[int, bytes]) -> None:
+    def session_started(self, session: LiveSession,
+                        key: tuple[int, bytes] | None = None) -> None:
+        """A session is live: it ends with its token; ``key`` cancels it (PostgreSQL)."""
         self.sessions.add(session)
         self._by_id[session.record.id] = session
-        self._cancel_keys[key] = session
-        self._keys_of[session] = key
+        if key is not None and isinstance(session, PgSession):
+            self._cancel_keys[key] = session
+            self._keys_of[session] = key
         self._schedule_expiry(session)
 
-    def session_ended(self, session: PgSession) -> None:
+    def session_ended(self, session: LiveSession) -> None:
         self.sessions.discard(session)
         self._by_id.pop(session.record.id, None)
         timer = self._expiry.pop(session, None)
         if timer is not None:
             timer.cancel()
-        key = self._keys_of.pop(session, None)
-        if key is not None:
-            self._cancel_keys.pop(key, None)
+        if isinstance(session, PgSession):
+            key = self._keys_of.pop(session, None)
+            if key is not None:
+                self._cancel_keys.pop(key, None)
 
     async def cancel(self, process_id: int, secret_key: bytes) -> None:
         session = self._cancel_keys.get((process_id, secret_key))
@@ -476,10 +526,9 @@ _versions = itertools.count(1)
 _RETIRE_AFTER = 60.0
 
 
-def _cut(session: PgSession, message: str, reason: str) -> None:
-    """End a session for its token: a FATAL error the client can read, then close."""
-    session._fatal("28000", message)
-    session.end(reason)
+def _cut(session: LiveSession, message: str, reason: str) -> None:
+    """End a session for its token: a message the client can read, then close."""
+    session.terminate(message, reason)
 
 
 def _iso(moment: datetime) -> str:
@@ -524,9 +573,26 @@ def check_masking(config: GatewayConfig) -> None:
         masking_engine(config, name, [])
 
 
-def build_classifier(config: GatewayConfig) -> PostgresClassifier:
-    """The SQL classifier a configuration describes (its side-effect function list)."""
-    return PostgresClassifier(
+class GatewayClassifier(PostgresClassifier):
+    """SQL for PostgreSQL sessions; command lines and file operations for SSH sessions.
+
+    A PostgresClassifier itself, so PostgreSQL sessions keep their SQL context
+    (they call ``classify_with``); SSH sessions call ``classify``.
+    """
+
+    def __init__(self, side_effect_functions: frozenset[str]) -> None:
+        super().__init__(side_effect_functions)
+        self.shell = ShellClassifier()
+
+    def classify(self, op: Operation) -> Operation:
+        if op.protocol is ModelProtocol.SSH:
+            return self.shell.classify(op)
+        return super().classify(op)
+
+
+def build_classifier(config: GatewayConfig) -> GatewayClassifier:
+    """The classifier a configuration describes (its SQL side-effect function list)."""
+    return GatewayClassifier(
         config.sql.effective_side_effect_functions(DEFAULT_SIDE_EFFECT_FUNCTIONS))
 
 
@@ -534,17 +600,25 @@ def build_authorizer(config: GatewayConfig) -> PolicyEngine:
     """The policy engine a configuration describes.
 
     A connection's ``allow_all: true`` is a policy of its own that allows every
-    class of statement to every identity on it; ``deny`` and
+    class of statement to every identity on it (on an SSH host: every command,
+    opaque ones included, shells and file transfer, but not forwarding); ``deny`` and
     ``require_approval`` rules of other policies still apply on top.
     """
     policies = list(config.policies)
     for name, conn in config.connections.items():
         if conn.allow_all:
+            if isinstance(conn, SshConnection):
+                # Everything a session does on the host; forwarding still needs a rule.
+                allow: list[object] = [
+                    r for r in ALLOW_EVERYTHING
+                    if not (isinstance(r, str) and (r in ACTION_CLASSES or r == "forwarding"))]
+            else:
+                allow = [*sorted(ACTION_CLASSES)]
             policies.append(PolicyConfig.model_validate({
                 "name": f"{name}.allow_all",
                 "description": f"connections.{name}.allow_all",
                 "identities": ["*"], "connections": [name],
-                "allow": sorted(ACTION_CLASSES),
+                "allow": allow,
             }))
     return PolicyEngine(policies, version=next(_versions))
 
