@@ -18,7 +18,7 @@ def test_example_config_loads_with_a_stage_per_identity() -> None:
     assert config.approvals.rules.approvers == ["group:dba"]
     assert config.connections["app-db"].allow_all is False
     assert [p.name for p in config.policies] == [
-        "build-none", "test-readonly", "scan-readonly", "deploy-writes"]
+        "build-none", "test-readonly", "scan-readonly", "deploy-writes", "deploy-shop-host"]
     assert config.identities["ci-test"].connections == ["app-db"]
     assert config.identities["ci-deploy"].max_token_ttl == timedelta(minutes=15)
     listener = config.listeners[0]

@@ -58,6 +58,13 @@ SAMPLE_EVENTS: list[tuple[str, dict[str, Any], bool]] = [
     ("term_input", {"data": "ls -l\r"}, True),
     ("resize", {"cols": 120, "rows": 40}, True),
     ("exec", {"command": "pg_dump --schema-only app"}, True),
+    ("channel", {"channel": 0, "request": "exec", "command": "ls -l", "pty": None,
+                 "op_seq": 4}, True),
+    ("signal", {"channel": 0, "signal": "INT"}, True),
+    ("file", {"channel": 1, "op": "write_file", "path": "/srv/a.tgz", "paths": ["/srv/a.tgz"],
+              "bytes": 512, "ok": True, "verdict": "allow"}, True),
+    ("exit", {"channel": 0, "status": 0, "signal": None, "core_dumped": False,
+              "message": ""}, True),
     ("session_end", {"reason": "client_closed", "bytes_from_client": 812,
                      "bytes_to_client": 20417}, True),
 ]

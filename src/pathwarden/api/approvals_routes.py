@@ -70,7 +70,7 @@ from pathwarden.config import ConfigError, format_duration, parse_duration
 from pathwarden.config.notifiers import SlackNotifierConfig
 from pathwarden.identity.authenticate import BearerGrant
 from pathwarden.model import Identity
-from pathwarden.policy import ACTION_CLASSES, class_of_kind
+from pathwarden.policy import ALL_ACTION_CLASSES, class_of_kind
 from pathwarden.store import StoreError
 
 if TYPE_CHECKING:
@@ -141,10 +141,10 @@ def parse_scope(actions: Sequence[str], tables: Sequence[str] = ()) -> GrantScop
             name = part.strip().lower()
             if not name:
                 continue
-            if name not in ACTION_CLASSES and class_of_kind(name) is None:
+            if name not in ALL_ACTION_CLASSES and class_of_kind(name) is None:
                 raise ValueError(
                     f"unknown action class or kind {part.strip()!r}; classes: "
-                    f"{', '.join(sorted(c for c in ACTION_CLASSES if c != 'unknown'))} "
+                    f"{', '.join(sorted(c for c in ALL_ACTION_CLASSES if c != 'unknown'))} "
                     f"(or a precise kind such as drop_table)")
             if name == "unknown":
                 raise ValueError("'unknown' cannot be granted: statements the classifier "
