@@ -51,3 +51,20 @@ def test_example_policies_decide_as_their_comments_say() -> None:
     assert check("ci-deploy", "delete from orders") == 3
     assert check("ci-deploy", "drop schema public cascade") == 1
     assert check("ci-deploy", "create table audit_log (id int)") == 0
+
+
+def test_example_ssh_policy_decides_command_lines_as_its_comments_say() -> None:
+    def check(command: str) -> int:
+        return subprocess.run(
+            [sys.executable, "-m", "pathwarden.cli.main", "policy", "check", "--config",
+             str(EXAMPLE), "--identity", "ci-deploy", "--connection", "shop-host", command],
+            capture_output=True, text=True, timeout=60,
+        ).returncode
+
+    assert check("systemctl restart shop") == 0
+    assert check("journalctl -u shop -n 50") == 0
+    assert check("systemctl restart shop; rm -rf /srv") == 1
+    assert check("systemctl restart shop && systemctl stop db") == 1
+    assert check("for s in shop; do systemctl restart $s; done") == 3
+    assert check("") == 1  # a shell: not allowed
+    assert check("systemctl restart shop") == 0

@@ -276,7 +276,7 @@ def test_worked_example_explanations() -> None:
     eng = engine(policy=DEPLOY)
     denied = explain(eng, "systemctl restart shop && rm -rf /srv/shop").decision
     assert denied.reason == (
-        "statement 2 of 2 (rm -rf /srv/shop): exec rm -rf /srv/shop: denied for ci-deploy by "
+        "command 2 of 2 (rm -rf /srv/shop): exec rm -rf /srv/shop: denied for ci-deploy by "
         "policy deploy-ssh rule deny[0] ({exec: {programs: [rm]}})")
     held = explain(eng, "cat <<EOF\nx\nEOF").decision
     assert held.reason == (
@@ -518,3 +518,12 @@ def test_the_worked_example_is_in_the_docs() -> None:
     block = section.split("```yaml", 1)[1].split("```", 1)[0]
     (policy,) = yaml.safe_load(block)["policies"]
     assert _rules(policy) == _rules(DEPLOY)
+
+
+def test_a_rule_based_deny_explains_a_program_over_a_default_deny() -> None:
+    eng = engine({"exec": {"programs": ["echo"]}}, deny=[{"exec": {"programs": ["rm"]}}])
+    decision = eng.decide(op(classify_command("sh -c 'rm -rf /'"), "sh -c 'rm -rf /'"))
+    assert decision.verdict is Verdict.DENY
+    # The outer sh is denied by default too, but the reason names the rule about rm.
+    assert decision.rule == "deny[0]"
+    assert "command 2 of 2 (rm -rf /)" in decision.reason

@@ -114,7 +114,20 @@ class Simulator:
 
     def operation(self, identity: Identity, connection: ConnectionRef, text: str,
                   search_path: Sequence[str] = ("public",)) -> Operation:
-        """``text`` as the gateway would see it: classified, ready for the engine."""
+        """``text`` as the gateway would see it: classified, ready for the engine.
+
+        On an SSH connection ``text`` is an exec command line (empty: a shell).
+        """
+        if connection.protocol is Protocol.SSH:
+            from ..model import Action
+            from ..policy.shell import classify_command
+
+            actions = classify_command(text) if text.strip() else (
+                Action("shell", "shell", text="shell"),)
+            return Operation(
+                session_id="policy-check", seq=1, identity=identity, connection=connection,
+                protocol=connection.protocol, kind="exec" if text.strip() else "shell",
+                text=text, actions=actions)
         sql = _classifier()
         classified = sql.classify_sql(text, self.context(search_path))
         return Operation(

@@ -38,7 +38,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 from ..model import Action, ConnectionRef, Decision, Identity, Operation, Verdict
-from .rules import RULE_SECTIONS, PolicyConfig, Rule, RuleSection
+from .rules import RULE_SECTIONS, SSH_CLASSES, PolicyConfig, Rule, RuleSection
 
 __all__ = ["ActionDecision", "Explanation", "PolicyEngine", "describe_action"]
 
@@ -280,12 +280,15 @@ class PolicyEngine:
             if total == 1:
                 return ""
             text = _statement_text(ad.action.text)
-            return f"statement {ad.index + 1} of {total}" + (f" ({text})" if text else "") + ": "
+            unit = "command" if ad.action.action in SSH_CLASSES else "statement"
+            return f"{unit} {ad.index + 1} of {total}" + (f" ({text})" if text else "") + ": "
 
         for verdict in (Verdict.DENY, Verdict.APPROVE):
             hits = [ad for ad in decided if ad.verdict is verdict]
             if hits:
-                first = hits[0]
+                # A rule that names the problem explains more than a default deny
+                # (`sh -c 'rm -rf /'`: the rule denying rm, not the unlisted sh).
+                first = next((ad for ad in hits if ad.rule is not None), hits[0])
                 reason = where(first) + first.reason
                 if verdict is Verdict.APPROVE and len(hits) > 1:
                     reason += f" (and {len(hits) - 1} more statement(s) need approval)"
