@@ -467,3 +467,14 @@ def test_many_channels_on_one_connection(gw: GatewayHarness) -> None:
                 conn.run(f"echo channel-{i}", check=False, encoding="utf-8") for i in range(8)))
             return [str(r.stdout) for r in results]
     assert asyncio.run(go()) == [f"channel-{i}\n" for i in range(8)]
+
+
+def test_host_key_command_prints_the_line_clients_pin(gw: GatewayHarness) -> None:
+    import sys
+    out = subprocess.run(
+        [sys.executable, "-m", "pathwarden.cli.main", "ssh", "host-key", "--config",
+         str(gw.config_path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    line = out.stdout.strip()
+    assert line.startswith(f"[127.0.0.1]:{gw.port} ssh-ed25519 ")
+    assert line.split()[:3] == _host_key_line(gw).split()[:3]

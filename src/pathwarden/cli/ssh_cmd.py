@@ -261,3 +261,33 @@ def ssh_ca(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     except SshCaError as exc:
         die(str(exc))
     sys.stdout.write(ca.public_key_line() + "\n")
+
+
+@ssh_app.command("host-key")
+def ssh_host_key(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    host: Annotated[str | None, typer.Option(
+        help="the name clients use for the gateway (default: each ssh listener's address)")]
+    = None,
+) -> None:
+    """Print a known_hosts line per ssh listener, for clients to pin the gateway.
+
+    The key is the listener's host_key, or the one generated in the data
+    directory (created here on first use, as the gateway would).
+    """
+    from ..config import ConfigError
+    from ..ssh.keys import HOST_KEY_FILE, load_or_create_host_key
+
+    cfg = load(config)
+    listeners = [lc for lc in cfg.listeners if lc.protocol == "ssh"]
+    if not listeners:
+        die(f"{config}: no listener has protocol: ssh")
+    for lc in listeners:
+        path = Path(lc.host_key or Path(cfg.data_dir) / HOST_KEY_FILE)
+        try:
+            key = load_or_create_host_key(path)
+        except ConfigError as exc:
+            die(str(exc))
+        name = host or lc.host
+        where = name if lc.port == 22 else f"[{name}]:{lc.port}"
+        sys.stdout.write(f"{where} {key.export_public_key().decode().strip()}\n")
