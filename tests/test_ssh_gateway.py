@@ -308,6 +308,18 @@ def test_interactive_shell_with_pty_is_relayed_and_recorded(gw: GatewayHarness) 
     assert "hello-42" in output
     exits = [e["data"] for e in events if e["type"] == "exit"]
     assert exits and exits[-1]["status"] == 5
+    # Replayed as an asciicast the player plays: header, then timed output.
+    import sys
+    cast = subprocess.run(
+        [sys.executable, "-m", "pathwarden.cli.main", "replay", _last_session(gw), "--cast",
+         "--config", str(gw.config_path)], capture_output=True, text=True, timeout=60)
+    assert cast.returncode == 0, cast.stderr
+    lines = [json.loads(line) for line in cast.stdout.splitlines()]
+    assert lines[0]["version"] == 2 and (lines[0]["width"], lines[0]["height"]) == (100, 30)
+    assert any(e[1] == "r" and e[2] == "120x40" for e in lines[1:])
+    assert "hello-42" in "".join(e[2] for e in lines[1:] if e[1] == "o")
+    times = [e[0] for e in lines[1:]]
+    assert times == sorted(times)
 
 
 def test_shell_password_prompt_input_is_not_recorded(gw: GatewayHarness) -> None:
