@@ -490,3 +490,13 @@ def test_host_key_command_prints_the_line_clients_pin(gw: GatewayHarness) -> Non
     line = out.stdout.strip()
     assert line.startswith(f"[127.0.0.1]:{gw.port} ssh-ed25519 ")
     assert line.split()[:3] == _host_key_line(gw).split()[:3]
+
+
+def test_openssh_interactive_shell_with_forced_pty(gw: GatewayHarness, tmp_path: Path) -> None:
+    opts, env = _openssh(gw, tmp_path)
+    proc = subprocess.run(
+        ["ssh", *opts, "-tt", "-p", str(gw.port), "box@127.0.0.1"],
+        input="echo hi-$((40+2))\nexit 4\n", env=env, capture_output=True, text=True,
+        timeout=30)
+    assert "hi-42" in proc.stdout, proc.stderr
+    assert proc.returncode == 4
