@@ -452,7 +452,7 @@ def test_wrappers_that_interpret_their_arguments_are_opaque() -> None:
     ("let 'a[$(id)]=1'", "let evaluates"),
     ("declare 'a[$(id)]=1'", "declare evaluates"),
     ("a[$(id)]=1 ls", "array assignment"),
-    ("X='$(id)'; echo $((X))", "shell code"),
+    ("X='$(id)'; echo $((X))", "arithmetic expansion on variables"),
     ("env X='`id`' ls", "shell code"),
     ("echo 'abc", "unbalanced single quote"),
     ('echo "abc', "unbalanced double quote"),
@@ -785,3 +785,29 @@ def test_known_programs_agree_with_the_shells(stubs: Path, program: str) -> None
         assert ran, f"{shell} ran nothing for {program!r}"
         assert not Counter(argv[0] for argv in ran) - listed
 
+
+
+@pytest.mark.parametrize("command", [
+    # bash evaluates subscripts in variable names as arithmetic, running $(...) from values
+    "printf -v X 'x[\\x24(rm -f F)]'; printf -v 'a[X]' z",
+    "test -v 'a[X]'",
+    "read -r 'a[X]'",
+    "unset 'a[X]'",
+    "let x=1",
+    # a value the client sets with an SSH env request is evaluated by these forms
+    "echo $((LC_X))",
+    "echo ${a[LC_X]}",
+    "echo ${!LC_X}",
+    "echo ${HOME:LC_X}",
+    "echo ${LC_X@P}",
+])
+def test_forms_that_evaluate_values_as_code_are_opaque(command: str) -> None:
+    (action,) = classify_command(command)
+    assert action.kind == "opaque", command
+
+
+@pytest.mark.parametrize("command", [
+    "echo $((6*7))", "echo ${HOME}", "echo ${X:-default}", "echo ${#HOME}", "read -r line",
+])
+def test_plain_expansions_stay_classified(command: str) -> None:
+    assert all(a.kind == "command" for a in classify_command(command)), command

@@ -51,6 +51,8 @@ _PEM_DETECTORS = frozenset({"private-key", "gcp-service-account"})
 #: partial ``-----END ... PRIVATE KEY-----`` line) and still count as open.
 _OPEN_SLACK = 48
 _ERROR_MARKER = b"[MASKED:error]"
+# Characters tokens, keys and passwords are made of, at the end of held output.
+_TRAILING_RUN = re.compile(rb"[A-Za-z0-9+/=_.~:@-]+\Z")
 
 
 class StreamMasker:
@@ -100,13 +102,15 @@ class StreamMasker:
         except Exception as exc:
             return self._failed(exc)
 
-    def release_partial(self) -> bytes:
+    def release_partial(self, hold_run: int = 0) -> bytes:
         """Release held bytes now, masked, except an open private-key block.
 
         For interactive output (a prompt, keystroke echo) after it stopped
         arriving: a partial line is masked on its own and released instead of
         waiting for its line end. What an open block holds, or a ``name:``
-        line waiting for its value line, stays held.
+        line waiting for its value line, stays held; with ``hold_run``, so does
+        a trailing run of at least that many token characters (the first part
+        of a secret whose rest has not arrived yet).
         """
         try:
             buf = self._buf
@@ -116,6 +120,10 @@ class StreamMasker:
             cut = len(buf) if open_at < 0 else open_at
             if cut == len(buf) and self._pairs and buf.endswith(b"\n"):
                 cut = self._hold_name_line(buf, cut)
+            if hold_run and cut == len(buf):
+                run = _TRAILING_RUN.search(buf)
+                if run is not None and run.end() - run.start() >= hold_run:
+                    cut = run.start()
             if not cut:
                 return b""
             self._buf = buf[cut:]

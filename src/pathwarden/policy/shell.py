@@ -95,6 +95,15 @@ _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\+?=")
 _NAMED_FD = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
 _SPECIAL_PARAMETERS = frozenset("@*#?-$!0123456789")
 _PARAM_FORBIDDEN = frozenset("$`'\"\\{(\n")
+# The ${...} forms that never evaluate a value as code: a name or special
+# parameter, its length, or a default/alternative whose word is plain text.
+# Subscripts, substrings (arithmetic offsets), indirection (${!x}) and
+# transformations (${x@P} runs prompt expansion) are opaque: bash evaluates
+# arithmetic and subscripts found in the variable's value, which a client can
+# set through an SSH env request.
+_PLAIN_PARAM = re.compile(
+    r"#?(?:[A-Za-z_][A-Za-z0-9_]*|[0-9]|[@*#?$!-])"
+    r"|[A-Za-z_][A-Za-z0-9_]*:?[-=+?][^$`\[\]!]*")
 _ARITH_FORBIDDEN = frozenset("`'\"\\[")
 
 # Part kinds of a word.
@@ -583,6 +592,9 @@ class _Parser:
             inner = src[pos + 2:close]
             if not inner or any(ch in _PARAM_FORBIDDEN for ch in inner):
                 raise _Opaque("parameter expansion ${...} holding quotes or code")
+            if not _PLAIN_PARAM.fullmatch(inner):
+                raise _Opaque("parameter expansion ${...} that evaluates its value "
+                              "(subscript, substring, indirection or transformation)")
             parts.append((kind, src[pos:close + 1]))
             return close + 1
         if nxt in ("'", '"') and not in_dq:
@@ -608,6 +620,10 @@ class _Parser:
             c = src[pos]
             if c in _ARITH_FORBIDDEN or (c == "$" and src.startswith("$(", pos)):
                 raise _Opaque("arithmetic expansion holding quotes, subscripts or code")
+            if c == "_" or c == "$" or (c.isascii() and c.isalpha()):
+                # A variable's value is itself evaluated as arithmetic (and its
+                # subscripts run code): only literal numbers are safe.
+                raise _Opaque("arithmetic expansion on variables")
             if c == "(":
                 depth += 1
             elif c == ")":
@@ -770,9 +786,11 @@ class _Parser:
         rest = argv[index + 1:]
         evaluating = base in _EVALUATING or (
             base in _EVALUATING_WITH_OPTION and any(w.value().startswith("-") for w in rest))
-        if evaluating and any(
-                "$" in w.literal_text() or "`" in w.literal_text() for w in rest):
-            raise _Opaque(f"{base} evaluates names or arithmetic given as quoted code")
+        if base == "let" or (evaluating and any(
+                ch in w.value() for w in rest for ch in "$`[")):
+            # bash evaluates a subscript in a variable name as arithmetic, which
+            # runs $(...) found in another variable's value (printf -v 'a[X]').
+            raise _Opaque(f"{base} evaluates names, subscripts or arithmetic")
         if base in _SETTING and any("=" in w.value() for w in rest):
             flags.add("assignment")
         if base in _SHELLS:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ..approvals import ApprovalRequest, ApprovalService
@@ -90,6 +91,8 @@ class ApprovalGate:
             waiting.append(request.id)
             self._gateway.approval_pending(op.session_id, request.id, _notice(service, request))
 
+        # The reason quotes the statement: stored and sent to approvers masked.
+        decision = replace(decision, reason=self._gateway.masked_text(op, decision.reason))
         try:
             decided = await service.resolve(op, decision,
                                             display_text=self._gateway.masked_text(op),

@@ -434,13 +434,14 @@ class Gateway:
 
     # -- approvals ----------------------------------------------------------------------
 
-    def masked_text(self, op: Operation) -> str:
-        """``op``'s statement as approvers and notifiers may see it."""
+    def masked_text(self, op: Operation, text: str | None = None) -> str:
+        """``op``'s statement (or ``text`` about it) as approvers and notifiers may see it."""
+        text = op.text if text is None else text
         try:
             engine = self.masking_for(op.identity, op.connection)
         except MaskingError:
             return "[statement withheld: masking is unavailable]"
-        return engine.mask_text(op.text)[0] if engine is not None else op.text
+        return engine.mask_text(text)[0] if engine is not None else text
 
     def approval_pending(self, session_id: str, request_id: int, notice: str) -> None:
         """A session's statement waits for approval ``request_id``: tell its client."""

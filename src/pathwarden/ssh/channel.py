@@ -77,8 +77,13 @@ _MAX_BACKLOG = 1 << 20
 _PROMPT = re.compile(r"(?i)(pass(word|phrase)?|passcode|pin|token|secret|otp|verification "
                      r"code)[^\n]{0,40}[:?]\s*$")
 _TAIL = 200
+# A typed line recorded before its Enter when it gets this long.
+_MAX_INPUT_LINE = 4096
+# A trailing run of token characters this long is held back from an early release.
+_HOLD_RUN = 12
 # The request id of the gateway's own SFTP realpath(".") (clients count up from 0).
 _HOME_REQUEST = 0xFFFFFFFF
+_HOME_TIMEOUT = 10.0
 # File requests recorded as operations (stat-like lookups are recorded only when refused).
 _QUIET_KINDS = frozenset({"stat"})
 
@@ -134,6 +139,10 @@ class ChannelRelay(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self._scp_broken = False
         self._masked: dict[str, int] = {}
         self._home: asyncio.Future[None] | None = None
+        self._requested = False
+        self._pauses: set[str] = set()
+        self._input_line = ""
+        self._record_maskers: dict[int | None, StreamMasker] = {}
 
     # -- client channel callbacks ----------------------------------------------------------
 
@@ -143,19 +152,25 @@ class ChannelRelay(asyncssh.SSHServerSession):  # type: ignore[type-arg]
 
     def pty_requested(self, term_type: str, term_size: tuple[int, int, int, int],
                       term_modes: Mapping[int, int]) -> bool:
+        if self._requested:
+            # Policy decided the request without a terminal: it gets none.
+            return False
         self.term = (term_type, term_size, dict(term_modes))
         return True
 
     def shell_requested(self) -> bool:
+        self._requested = True
         self.request = "shell"
         return True
 
     def exec_requested(self, command: str) -> bool:
+        self._requested = True
         self.request = "exec"
         self.command = command
         return True
 
     def subsystem_requested(self, subsystem: str) -> bool:
+        self._requested = True
         self.request = "subsystem"
         self.subsystem = subsystem
         if subsystem != "sftp":
@@ -174,8 +189,8 @@ class ChannelRelay(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         if self.up is None or self._held is not None or self._backlog:
             self._backlog.append((data, datatype))
             self._backlog_bytes += len(data)
-            if self._backlog_bytes > _MAX_BACKLOG and self.chan is not None:
-                self.chan.pause_reading()
+            if self._backlog_bytes > _MAX_BACKLOG:
+                self.pause_client("backlog")
             return
         self._from_client(data, datatype)
 
@@ -205,12 +220,27 @@ class ChannelRelay(asyncssh.SSHServerSession):  # type: ignore[type-arg]
                            essential=False)
 
     def pause_writing(self) -> None:
+        # The client reads slower than it is sent to: stop reading the target, and
+        # the client too (the gateway answers refused SFTP requests itself).
         if self.up is not None:
             self.up.pause_reading()
+        self.pause_client("client-full")
 
     def resume_writing(self) -> None:
         if self.up is not None:
             self.up.resume_reading()
+        self.resume_client("client-full")
+
+    def pause_client(self, why: str) -> None:
+        self._pauses.add(why)
+        if self.chan is not None:
+            self.chan.pause_reading()
+
+    def resume_client(self, why: str) -> None:
+        self._pauses.discard(why)
+        if (not self._pauses and self.chan is not None and self.mode != "closed"
+                and not self._backlog and self._held is None):
+            self.chan.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.session.channels.discard(self)
@@ -237,6 +267,11 @@ class ChannelRelay(asyncssh.SSHServerSession):  # type: ignore[type-arg]
 
     def close_for_session(self, reason: str) -> None:
         """The session ends (token revoked, gateway stopping): close this channel."""
+        self._flush_all()
+        if self._tracker is not None:
+            for ev in self._tracker.finish():
+                self._file_event(ev)
+            self._tracker = None
         self._finish(reason)
         if self.up is not None:
             self.up.close()
@@ -360,6 +395,8 @@ class ChannelRelay(asyncssh.SSHServerSession):  # type: ignore[type-arg]
                 engine = session.engine
                 if engine is not None:
                     self._maskers = {None: StreamMasker(engine), _STDERR: StreamMasker(engine)}
+                    self._record_maskers = {None: StreamMasker(engine),
+                                            _STDERR: StreamMasker(engine)}
                 settings = session.gateway.config.ssh
                 self._flush_delay = (settings.terminal_flush_delay if self.term is not None
                                      else settings.output_flush_delay).total_seconds()
@@ -383,8 +420,7 @@ class ChannelRelay(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             if self._eof_pending and self.up is not None:
                 self._eof_pending = False
                 self.up.write_eof()
-            if self.chan is not None and self.mode != "closed":
-                self.chan.resume_reading()
+            self.resume_client("backlog")
 
     # -- client -> target ------------------------------------------------------------------
 
@@ -403,20 +439,36 @@ class ChannelRelay(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         up.write(data, datatype)
 
     def _record_input(self, data: bytes) -> None:
+        """Keystrokes are recorded a line at a time, masked as a line (a token typed
+        key by key is masked like a pasted one); after a password prompt the line
+        is recorded as ``[MASKED:prompt]``."""
         text = self._input_decoder(data)
         if not text:
             return
-        if self._secret_input or _PROMPT.search(self._tail):
-            if not self._secret_input:
-                self.session.event("term_input", {"channel": self.id,
-                                                  "data": "[MASKED:prompt]"}, essential=False)
-            self._secret_input = not ("\r" in text or "\n" in text)
-            self._tail = ""
-            if self._secret_input:
-                return
-            text = text[max(text.find("\r"), text.find("\n")):]
-        self.session.event("term_input", {"channel": self.id,
-                                          "data": self.session.mask_text(text)}, essential=False)
+        if not self._input_line and not self._secret_input and _PROMPT.search(self._tail):
+            self._secret_input = True
+        line = self._input_line + text
+        while True:
+            ends = [i for i in (line.find("\r"), line.find("\n")) if i >= 0]
+            if not ends:
+                break
+            end = min(ends) + 1
+            self._record_line(line[:end])
+            line = line[end:]
+        if len(line) > _MAX_INPUT_LINE:
+            self._record_line(line)
+            line = ""
+        self._input_line = line
+
+    def _record_line(self, line: str) -> None:
+        if self._secret_input:
+            self._secret_input = False
+            end = line[-1] if line[-1:] in ("\r", "\n") else ""
+            data = "[MASKED:prompt]" + end
+        else:
+            data = self.session.mask_text(line)
+        self._tail = ""
+        self.session.event("term_input", {"channel": self.id, "data": data}, essential=False)
 
     # -- SFTP --------------------------------------------------------------------------------
 
@@ -446,11 +498,20 @@ class ChannelRelay(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         except sftp_proto.SftpProtocolError as exc:
             self._protocol_error(f"malformed SFTP request: {exc}")
             return True
-        if (tracker.home is None and self._home is not None and not self._home.done()
-                and any(not p.startswith("/") for p in request.paths)):
-            # Relative paths are decided once the target said where they start.
-            home = self._home
-            return self._hold(packet, home)
+        if request.op == "init":
+            # Ask the target for the home directory right after the handshake, and
+            # decide no path before the answer (relative paths, outside_home).
+            if self._home is None:
+                self._home = asyncio.get_running_loop().create_future()
+            tracker.on_request(request)
+            self.up.write(packet.raw)
+            return True
+        if request.request_id == _HOME_REQUEST:
+            self._sftp_refuse(request, sftp_proto.SSH_FX_FAILURE,
+                              "pathwarden: request id 0xffffffff is reserved by the gateway")
+            return True
+        if request.paths and self._home is not None and not self._home.done():
+            return self._hold(packet, self._home)
         if request.op == "fsetstat":
             # OpenSSH's server changes modes and times through read-only handles too.
             info = tracker.handle_info(request.handle or b"")
@@ -471,16 +532,18 @@ class ChannelRelay(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             return True
         session = self.session
         text = f"{kind} {' '.join(paths)}".strip()
-        flags = frozenset({"outside_home"}) if tracker.home and any(
-            not (p == tracker.home or p.startswith(tracker.home.rstrip("/") + "/"))
-            for p in paths) else frozenset()
+        home = tracker.home
+        # Unknown home: every path counts as outside it (fail closed).
+        flags = frozenset({"outside_home"}) if paths and (home is None or any(
+            not (p == home or p.startswith(home.rstrip("/") + "/")) for p in paths)
+        ) else frozenset()
         action = Action("file_transfer", kind, {"paths": paths} if paths else {}, flags,
                         text=text)
         op = session.operation("sftp", text, (action,))
         started = datetime.now(UTC)
         op, result = session.gateway.pipeline.decide(op)
         if isinstance(result, Decision):
-            self._sftp_apply(packet, request, op, result, started)
+            self._sftp_apply(packet, request, op, session.masked(result), started)
             return True
         return self._hold(packet, result, (request, op, started))
 
@@ -506,8 +569,8 @@ class ChannelRelay(asyncssh.SSHServerSession):  # type: ignore[type-arg]
                     self._sftp_request(packet)
                 else:
                     request, op, started = decided
-                    decision = outcome if isinstance(outcome, Decision) else Decision(
-                        Verdict.DENY, "approval wait failed; denied (fail closed)")
+                    decision = session.masked(outcome) if isinstance(outcome, Decision) \
+                        else Decision(Verdict.DENY, "approval wait failed; denied (fail closed)")
                     self._sftp_apply(packet, request, op, decision, started)
             self._drain_backlog()
 
@@ -572,8 +635,8 @@ class ChannelRelay(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             for ev in self._tracker.on_reply(reply):
                 self._file_event(ev)
             if packet.request_id == _HOME_REQUEST:
-                if self._home is not None and not self._home.done():
-                    self._home.set_result(None)
+                if self._home is not None:
+                    _settle(self._home)
                 continue  # the gateway's own question
             out.append(packet.raw)
             if packet.type == sftp_proto.SSH_FXP_VERSION and self.up is not None:
@@ -588,8 +651,14 @@ class ChannelRelay(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         raw = sftp_proto.realpath_request(_HOME_REQUEST)
         self._tracker.on_request(sftp_proto.decode_request(
             sftp_proto.SftpFramer().feed(raw)[0]))
-        self._home = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        home = self._home
+        if home is None:
+            home = self._home = loop.create_future()
         self.up.write(raw)
+        # A target that never answers must not hold the channel forever: paths
+        # are then decided as outside the (unknown) home.
+        loop.call_later(_HOME_TIMEOUT, _settle, home)
 
     def _file_event(self, ev: sftp_proto.FileEvent) -> None:
         data: dict[str, Any] = {
@@ -648,10 +717,17 @@ class ChannelRelay(asyncssh.SSHServerSession):  # type: ignore[type-arg]
                 self._scp_feed(data)
             return
         masker = self._maskers.get(datatype)
-        out = masker.feed(data) if masker is not None else data
+        if masker is None:
+            self._emit(data, datatype)
+            self._record_output(data, datatype)
+            return
+        # The recording gets whole lines masked as lines (no early release), so a
+        # secret the program wrote in pieces is recorded masked whatever the timing.
+        self._record_output(self._record_maskers[datatype].feed(data), datatype)
+        out = masker.feed(data)
         if out:
             self._emit(out, datatype)
-        if masker is not None and masker.held:
+        if masker.held:
             if mode == "terminal" and _harmless(masker.pending):
                 # Keystroke echo and prompts: nothing in them can be part of a secret.
                 out = masker.release_partial()
@@ -659,26 +735,42 @@ class ChannelRelay(asyncssh.SSHServerSession):  # type: ignore[type-arg]
                     self._emit(out, datatype)
             elif self._flush_timer is None:
                 self._flush_timer = asyncio.get_running_loop().call_later(
-                    self._flush_delay, self._flush_partial)
+                    self._flush_delay, self._flush_partial, True)
 
-    def _flush_partial(self) -> None:
+    def _flush_partial(self, first: bool) -> None:
+        """Output stopped arriving: release what is held, except a token-like tail.
+
+        Without a terminal that tail waits for its line end (or the end of the
+        output); on a terminal it is released ``ssh.output_flush_delay`` later,
+        so a long word being typed still echoes.
+        """
         self._flush_timer = None
+        held = False
         for datatype, masker in self._maskers.items():
-            out = masker.release_partial()
+            out = masker.release_partial(_HOLD_RUN if first else 0)
             if out:
                 self._emit(out, datatype)
+            held = held or bool(masker.held)
+        if held and first and self.mode == "terminal":
+            delay = self.session.gateway.config.ssh.output_flush_delay.total_seconds()
+            self._flush_timer = asyncio.get_running_loop().call_later(
+                delay, self._flush_partial, False)
 
     def _emit(self, out: bytes, datatype: int | None) -> None:
         assert self.chan is not None
         self.chan.write(out, datatype)
+        if self.mode == "terminal":
+            self._tail = (self._tail + out[-_TAIL:].decode("utf-8", "replace"))[-_TAIL:]
+
+    def _record_output(self, out: bytes, datatype: int | None) -> None:
+        if not out:
+            return
         stream = "stderr" if datatype == _STDERR else "stdout"
         decoder = self._decoders.get(stream)
         if decoder is None:
             decoder = self._decoders[stream] = _Utf8()
         text = decoder(out)
         if text:
-            if self.mode == "terminal":
-                self._tail = (self._tail + text)[-_TAIL:]
             self.session.event("term_output", {"channel": self.id, "data": text,
                                                "stream": stream}, essential=False)
 
@@ -690,9 +782,13 @@ class ChannelRelay(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             out = masker.flush()
             if out:
                 self._emit(out, datatype)
-            for name, n in masker.counts.items():
+            self._record_output(self._record_maskers[datatype].flush(), datatype)
+            for name, n in self._record_maskers[datatype].counts.items():
                 key = f"{'stderr' if datatype == _STDERR else 'stdout'}:{name}"
                 self._masked[key] = n
+        if self._input_line:
+            self._record_line(self._input_line)
+            self._input_line = ""
 
     def target_eof(self) -> None:
         self._flush_all()
@@ -704,6 +800,7 @@ class ChannelRelay(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         if self._tracker is not None:
             for ev in self._tracker.finish():
                 self._file_event(ev)
+            self._tracker = None
         chan = self.chan
         if chan is None or self.mode == "closed":
             self._finish(None)
@@ -750,6 +847,11 @@ class ChannelRelay(asyncssh.SSHServerSession):  # type: ignore[type-arg]
                           error=error, masked=self._masked or None)
 
 
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class _UpstreamSide(asyncssh.SSHClientSession):  # type: ignore[type-arg]
     """The target side of one channel: hands everything to its :class:`ChannelRelay`."""
 
@@ -774,12 +876,10 @@ class _UpstreamSide(asyncssh.SSHClientSession):  # type: ignore[type-arg]
         self.relay.target_closed(exc)
 
     def pause_writing(self) -> None:
-        if self.relay.chan is not None:
-            self.relay.chan.pause_reading()
+        self.relay.pause_client("target-full")
 
     def resume_writing(self) -> None:
-        if self.relay.chan is not None and not self.relay._backlog:
-            self.relay.chan.resume_reading()
+        self.relay.resume_client("target-full")
 
 
 # A partial line released at once on a terminal: short, and no run of characters a
@@ -792,13 +892,30 @@ def _harmless(partial: bytes) -> bool:
     return len(partial) <= _HARMLESS_MAX and _TOKENISH.search(partial) is None
 
 
+# What an accepted environment value may look like: a locale name or a plain word.
+# Anything else is dropped: bash evaluates some values as code (arithmetic on a
+# variable, subscripts), and a locale with another multibyte encoding would make
+# the host's shell read backslashes differently from the classifier.
+_SAFE_ENV_VALUE = re.compile(
+    r"(?:C|POSIX|[A-Za-z]{2,3}(?:_[A-Z]{2})?)(?:\.(?:UTF-8|utf8))?(?:@[a-z]+)?"
+    r"|[A-Za-z0-9_.,:/+-]{0,256}")
+_SAFE_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+_LOCALE_NAME = re.compile(r"LANG|LANGUAGE|LC_[A-Z_]+")
+_LOCALE_VALUE = re.compile(
+    r"(?:C|POSIX|C\.UTF-8|C\.utf8|[A-Za-z]{2,3}(?:_[A-Z]{2})?(?:\.(?:UTF-8|utf8))?(?:@[a-z]+)?)")
+
+
 def _accepted_env(env: Any, patterns: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in dict(env).items():
         name = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
-        if any(fnmatch.fnmatchcase(name, p) for p in patterns):
-            out[name] = value.decode("utf-8", "replace") if isinstance(value, bytes) \
-                else str(value)
+        text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+        if not _SAFE_ENV_NAME.fullmatch(name) or not any(
+                fnmatch.fnmatchcase(name, p) for p in patterns):
+            continue
+        pattern = _LOCALE_VALUE if _LOCALE_NAME.fullmatch(name) else _SAFE_ENV_VALUE
+        if pattern.fullmatch(text):
+            out[name] = text
     return out
 
 
@@ -810,7 +927,10 @@ def _scp_request(command: str) -> tuple[str, tuple[str, ...], set[str]] | None:
     (action,) = actions
     if action.kind != "command" or action.flags or action.names("programs") != ("scp",):
         return None
-    parsed = scp_proto.parse_scp_command_line(command)
+    try:
+        parsed = scp_proto.parse_scp_command_line(command)
+    except Exception:  # an scp line its parser cannot read: an ordinary command then
+        return None
     if parsed is None:
         return None
     flags = {"recursive"} if parsed.recursive else set()

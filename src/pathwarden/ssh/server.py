@@ -32,8 +32,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import secrets
+import socket
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -82,6 +85,20 @@ _FORGEABLE = frozenset({"malformed", "bad_signature"})
 _MAX_USERNAME = 256
 # Seconds between refusing a channel (target unreachable) and closing the connection.
 _END_AFTER_REFUSAL = 1.0
+
+
+def _normal_host(host: str) -> str:
+    """One spelling per address for forwarding policy: ``127.1``, ``2130706433`` and
+    ``127.0.0.1`` are the same target; names are lower case without a final dot."""
+    text = host.strip().rstrip(".").lower()
+    try:
+        return str(ipaddress.ip_address(text.strip("[]")))
+    except ValueError:
+        pass
+    try:
+        return socket.inet_ntoa(socket.inet_aton(text))
+    except OSError:
+        return text
 
 
 def parse_username(username: str) -> tuple[str | None, str]:
@@ -331,7 +348,7 @@ class GatewaySshServer(asyncssh.SSHServer):
 
     def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
                              orig_port: int) -> asyncssh.SSHClientConnection:
-        target = f"{dest_host}:{dest_port}"
+        target = f"{_normal_host(dest_host)}:{dest_port}"
         session = self.session
         if session is None:
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
@@ -350,7 +367,7 @@ class GatewaySshServer(asyncssh.SSHServer):
 
     def server_requested(self, listen_host: str, listen_port: int) -> bool:
         if self.session is not None:
-            target = f"{listen_host or '*'}:{listen_port}"
+            target = f"{_normal_host(listen_host) if listen_host else '*'}:{listen_port}"
             self.session.decide_now(
                 "forward", f"remote forward from {target}",
                 Action("forwarding", "remote_port", {"targets": (target,)}, text=target),
@@ -410,6 +427,7 @@ class SshSession:
         self.upstream: asyncssh.SSHClientConnection | None = None
         self._ended = False
         self.waiting_channel: ChannelRelay | None = None
+        self._recording_closed = False
 
     @property
     def ended(self) -> bool:
@@ -483,13 +501,18 @@ class SshSession:
             command_tag=tag, error=error, policy=decision.policy, action=op.action,
             masked=masked or None))
 
+    def masked(self, decision: Decision) -> Decision:
+        """``decision`` with its reason masked (reasons quote the command line)."""
+        reason = self.mask_text(decision.reason)
+        return decision if reason == decision.reason else replace(decision, reason=reason)
+
     async def decide(self, op: Operation) -> tuple[Operation, Decision]:
         """Classify and decide ``op``, waiting for approval when policy says so."""
         op, result = self.gateway.pipeline.decide(op)
         if isinstance(result, Decision):
-            return op, result
+            return op, self.masked(result)
         decision = await result
-        return op, decision
+        return op, self.masked(decision)
 
     def decide_now(self, kind: str, text: str, action: Action, *,
                    refuse_allowed: str | None = None) -> Decision:
@@ -497,7 +520,7 @@ class SshSession:
         started = datetime.now(UTC)
         op, result = self.gateway.pipeline.decide(self.operation(kind, text, (action,)))
         if isinstance(result, Decision):
-            decision = result
+            decision = self.masked(result)
         else:
             _discard(result)
             decision = Decision(Verdict.DENY, "forwarding requires approval, and a forwarding "
@@ -511,12 +534,12 @@ class SshSession:
         if refused is not None and decision.allowed:
             decision = Decision(Verdict.DENY, refused)
         self.audit(op, decision, started)
-        log.info("session %s: %s %s: %s", self.record.id, text,
+        log.info("session %s: %s %s: %s", self.record.id, self.mask_text(text),
                  "allowed" if decision.allowed else "denied", decision.reason)
         return decision
 
     def event(self, type: str, data: dict[str, Any], essential: bool = True) -> None:
-        if self.recording is not None:
+        if self.recording is not None and not self._recording_closed:
             self.recording.event(type, data, essential)
 
     # -- the gateway's LiveSession ----------------------------------------------------------
@@ -555,6 +578,7 @@ class SshSession:
         self.gateway.audit.session_ended(record)
         if self.recording is not None:
             self.recording.close(record)
+            self._recording_closed = True
         self.gateway.session_ended(self)
         log.info("session %s ended: identity=%s connection=%s reason=%s", record.id,
                  self.identity.name, self.connection.name, reason)
