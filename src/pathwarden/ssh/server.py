@@ -222,7 +222,10 @@ class GatewaySshServer(asyncssh.SSHServer):
                     raise AuthError(exc.reason, str(exc)) from None
             identity = await gw.authenticate(user=user, token=password, connection=connection)
         except AuthError as exc:
-            forged = exc.reason in _FORGEABLE
+            # A forged token, or a valid one presented for another identity's name,
+            # counts only against the address: otherwise anyone could lock a
+            # pipeline out by naming it.
+            forged = exc.reason in _FORGEABLE or exc.reason == "identity_mismatch"
             limiter.failed(self.source, None if forged or claimed is None else claimed)
             self._refuse(f"authentication failed for {username}: {exc}", username,
                          f"authentication failed: {exc}")
