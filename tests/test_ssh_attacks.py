@@ -500,16 +500,11 @@ def gw_forward(sshd: SshdServer, tmp_path_factory: pytest.TempPathFactory
         harness.stop()
 
 
-_MAPPED_STILL_OPEN = pytest.mark.xfail(
-    strict=True, reason="known gap: IPv4-mapped IPv6 forms of a denied address are not "
-    "compared as the IPv4 address (::ffff:127.0.0.1 reaches 127.0.0.1)")
-
-
 @pytest.mark.parametrize("spellings", [
     pytest.param(["127.0.0.1", "localhost", "2130706433", "127.1", "0x7f.1", "0177.0.0.1",
                   "LOCALHOST", "localhost.", "127.0.0.1."], id="ipv4-and-names"),
     pytest.param(["::ffff:127.0.0.1", "::ffff:7f00:1", "0:0:0:0:0:ffff:127.0.0.1"],
-                 id="ipv4-mapped-ipv6", marks=_MAPPED_STILL_OPEN),
+                 id="ipv4-mapped-ipv6"),
 ])
 def test_denied_forwarding_target_is_denied_in_every_spelling(
         gw_forward: GatewayHarness, sshd: SshdServer, spellings: list[str]) -> None:

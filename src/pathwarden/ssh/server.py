@@ -92,9 +92,12 @@ def _normal_host(host: str) -> str:
     ``127.0.0.1`` are the same target; names are lower case without a final dot."""
     text = host.strip().rstrip(".").lower()
     try:
-        return str(ipaddress.ip_address(text.strip("[]")))
+        address = ipaddress.ip_address(text.strip("[]"))
     except ValueError:
         pass
+    else:
+        mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1 is 127.0.0.1
+        return str(mapped if mapped is not None else address)
     try:
         return socket.inet_ntoa(socket.inet_aton(text))
     except OSError:
