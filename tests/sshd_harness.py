@@ -81,6 +81,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pgserver import _alive, free_port
+
 __all__ = [
     "SSHD_PATH",
     "KeyPair",
@@ -163,14 +165,6 @@ class SessionRequest:
     command: str | None
     user: str
     pid: int
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port that was free a moment ago (bind to port 0 and release)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _keygen(args: list[str]) -> str:
@@ -305,16 +299,6 @@ def _kill_tree(root: int, grace: float = 1.0, reap: subprocess.Popen[bytes] | No
         _running(pid, started) for pid, started in members.items()
     ):
         time.sleep(0.01)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _reap_stale_servers() -> None:

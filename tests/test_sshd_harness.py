@@ -389,6 +389,7 @@ def test_runs_unprivileged_for_a_non_root_user() -> None:
     code = Path(tempfile.mkdtemp(prefix="pathwarden-sshd-probe-"))  # pytest's dirs are 0700
     try:
         shutil.copy(Path(sshd_harness.__file__), code / "sshd_harness.py")
+        shutil.copy(Path(sshd_harness.__file__).with_name("pgserver.py"), code / "pgserver.py")
         (code / "probe.py").write_text(
             "import os, subprocess, sys\n"
             "sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))\n"

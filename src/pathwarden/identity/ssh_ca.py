@@ -43,11 +43,8 @@ import contextlib
 import hashlib
 import ipaddress
 import logging
-import os
 import re
 import secrets
-import stat
-import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -58,6 +55,8 @@ import asyncssh
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from pathwarden.identity.keyfiles import LooseKeyFile, create_secret_file, read_secret_file
 
 if TYPE_CHECKING:
     from pathwarden.model import Identity
@@ -492,46 +491,17 @@ class CertificateLogin:
 
 def _create_key_file(path: Path) -> None:
     key = asyncssh.generate_private_key("ssh-ed25519", comment=CA_COMMENT)
-    data = key.export_private_key("openssh")
-    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        # link() refuses to replace an existing file, unlike rename(): the
-        # first process to get here wins and everyone uses its key.
-        with contextlib.suppress(FileExistsError):
-            os.link(temp, path)
-        _fsync_dir(path.parent)
+        create_secret_file(path, key.export_private_key("openssh"))
     except OSError as exc:
         raise SshCaError(f"cannot create the SSH CA key {path}: {exc.strerror}") from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
-
-
-def _fsync_dir(directory: Path) -> None:
-    if sys.platform == "win32":  # pragma: no cover - directories cannot be opened there
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _read_private_key(path: Path) -> asyncssh.SSHKey:
     try:
-        info = path.stat()
-        if sys.platform != "win32" and info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise SshCaError(
-                f"SSH CA key {path} is accessible by other users "
-                f"(mode {stat.S_IMODE(info.st_mode):04o}); run: chmod 600 {path}"
-            )
-        data = path.read_bytes()
+        data = read_secret_file(path)
+    except LooseKeyFile as exc:
+        raise SshCaError(f"SSH CA key {exc}") from None
     except OSError as exc:
         raise SshCaError(f"cannot read the SSH CA key {path}: {exc.strerror}") from None
     try:

@@ -20,12 +20,8 @@ sha256(jti)) identifies it in the store, in audit records and in errors.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
 import secrets
-import stat
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -36,6 +32,8 @@ from typing import Any, Literal
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from pathwarden.identity.keyfiles import LooseKeyFile, create_secret_file, read_secret_file
 
 __all__ = [
     "ISSUER",
@@ -335,45 +333,17 @@ def _create_key_file(path: Path) -> None:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, pem)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        # link() refuses to replace an existing file, unlike rename(): the
-        # first process to get here wins and everyone uses its key.
-        with contextlib.suppress(FileExistsError):
-            os.link(temp, path)
-        _fsync_dir(path.parent)
+        create_secret_file(path, pem)
     except OSError as exc:
         raise SigningKeyError(f"cannot create token signing key {path}: {exc.strerror}") from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
-
-
-def _fsync_dir(directory: Path) -> None:
-    if sys.platform == "win32":  # pragma: no cover - directories cannot be opened there
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _read_private_key(path: Path) -> Ed25519PrivateKey:
     try:
-        info = path.stat()
-        if sys.platform != "win32" and info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise SigningKeyError(
-                f"token signing key {path} is accessible by other users "
-                f"(mode {stat.S_IMODE(info.st_mode):04o}); run: chmod 600 {path}"
-            )
-        pem = path.read_bytes()
+        pem = read_secret_file(path)
+    except LooseKeyFile as exc:
+        raise SigningKeyError(f"token signing key {exc}") from None
     except OSError as exc:
         raise SigningKeyError(f"cannot read token signing key {path}: {exc.strerror}") from None
     try:

@@ -896,9 +896,7 @@ def _harmless(partial: bytes) -> bool:
 # Anything else is dropped: bash evaluates some values as code (arithmetic on a
 # variable, subscripts), and a locale with another multibyte encoding would make
 # the host's shell read backslashes differently from the classifier.
-_SAFE_ENV_VALUE = re.compile(
-    r"(?:C|POSIX|[A-Za-z]{2,3}(?:_[A-Z]{2})?)(?:\.(?:UTF-8|utf8))?(?:@[a-z]+)?"
-    r"|[A-Za-z0-9_.,:/+-]{0,256}")
+_SAFE_ENV_VALUE = re.compile(r"[A-Za-z0-9_.,:/+-]{0,256}")
 _SAFE_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _LOCALE_NAME = re.compile(r"LANG|LANGUAGE|LC_[A-Z_]+")
 _LOCALE_VALUE = re.compile(

@@ -1,8 +1,9 @@
 """SSH keys the gateway keeps: its host key, and the pinned host keys of targets.
 
 The host key is an Ed25519 key in ``<data_dir>/ssh_host_ed25519_key`` (or
-the listener's ``host_key``), created 0600 on first start by writing a
-temporary file and renaming it, so a crash never leaves half a key. Clients
+the listener's ``host_key``), created 0600 on first start like the gateway's
+other keys (:mod:`pathwarden.identity.keyfiles`: a crash never leaves half a
+key, and a key file other users can read is refused). Clients
 pin it like any SSH server's key (``pathwarden ssh host-key`` prints the
 line for known_hosts).
 
@@ -14,12 +15,12 @@ entries and ``known_hosts_file`` only: never the gateway user's
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 
 import asyncssh
 
 from ..config import ConfigError, SshConnection
+from ..identity.keyfiles import LooseKeyFile, create_secret_file, read_secret_file
 
 __all__ = ["HOST_KEY_FILE", "load_or_create_host_key", "pinned_known_hosts"]
 
@@ -28,29 +29,23 @@ HOST_KEY_FILE = "ssh_host_ed25519_key"
 
 def load_or_create_host_key(path: Path) -> asyncssh.SSHKey:
     """The private host key at ``path``; an Ed25519 key is created there when absent."""
-    if path.exists():
+    if not path.exists():
+        key = asyncssh.generate_private_key("ssh-ed25519", comment="pathwarden host key")
         try:
-            return asyncssh.read_private_key(str(path))
-        except (OSError, asyncssh.KeyImportError) as exc:
-            raise ConfigError(f"SSH host key {path} cannot be read: {exc}") from None
-    key = asyncssh.generate_private_key("ssh-ed25519", comment="pathwarden host key")
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            create_secret_file(path, key.export_private_key())
+        except OSError as exc:
+            raise ConfigError(f"cannot create the SSH host key {path}: {exc.strerror}") from None
     try:
-        os.write(fd, key.export_private_key())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(tmp, path)  # fails if another process created it first
-    except FileExistsError:
+        key = asyncssh.import_private_key(read_secret_file(path))
+    except LooseKeyFile as exc:
+        raise ConfigError(f"SSH host key {exc}") from None
+    except (OSError, asyncssh.KeyImportError, asyncssh.KeyEncryptionError) as exc:
+        raise ConfigError(f"SSH host key {path} cannot be read: {exc}") from None
+    pub = path.with_suffix(".pub")
+    if not pub.exists():
         with contextlib.suppress(OSError):
-            tmp.unlink()
-        return asyncssh.read_private_key(str(path))
-    tmp.unlink()
-    with contextlib.suppress(OSError):
-        path.with_suffix(".pub").write_bytes(key.export_public_key())
+            pub.write_bytes(key.export_public_key())
     return key
 
 

@@ -262,24 +262,29 @@ class GatewaySshServer(asyncssh.SSHServer):
             log.error("SSH certificate login refused: the store is unavailable: %s", exc)
             raise AuthError("store_unavailable", "the gateway cannot check certificates right "
                             "now (its store is unavailable); try again later") from None
-        conn = gw.config.connections.get(login.connection)
-        if conn is None or conn.protocol != "ssh":
-            raise AuthError("not_ssh", f"connection {login.connection} is not an SSH host")
+        problem = self._not_ssh(login.connection)
+        if problem is not None:
+            raise AuthError("not_ssh", problem)
         limiter.succeeded(self.source, identity.name)
         self._identity = identity
         self._connection = login.connection
         return identity
 
+    def _not_ssh(self, connection: str) -> str | None:
+        """Why ``connection`` is not an SSH host clients can reach here, or None."""
+        conn = self.gateway.config.connections.get(connection)
+        if conn is not None and conn.protocol == "ssh":
+            return None
+        what = (f"is a {conn.protocol} connection, not an SSH host" if conn is not None
+                else "does not exist")
+        return f"connection {connection} {what}"
+
     def _accept(self, identity: Identity, connection: str, username: str) -> bool:
         """Check the connection is an SSH target the identity may use; keep who it is."""
-        gw = self.gateway
-        conn = gw.config.connections.get(connection)
-        if conn is None or conn.protocol != "ssh":
-            what = (f"is a {conn.protocol} connection, not an SSH host" if conn is not None
-                    else "does not exist")
-            self._refuse(f"connection {connection} {what}; the SSH user name is "
-                         "<connection> or <identity>+<connection>", username,
-                         f"connection {connection} {what}")
+        problem = self._not_ssh(connection)
+        if problem is not None:
+            self._refuse(f"{problem}; the SSH user name is <connection> or "
+                         "<identity>+<connection>", username, problem)
             return False
         self._identity = identity
         self._connection = connection
